@@ -1,0 +1,65 @@
+"""Redis names and feed vocabulary: a wire contract, declared once.
+
+Everything lives under one prefix (``proxysync`` by default)::
+
+    {p}:epoch                       current epoch (invalidate_all bumps it: O(1))
+    {p}:seq                         invalidation sequence number (stale-fill guard)
+    {p}:e:{epoch}:{key}             an entry: hash {v: JSON value, s: service name or ""}
+    {p}:ix:{epoch}:all              zset key -> expiry ms (+inf without TTL): entry count, reclaim
+    {p}:ix:{epoch}:ta:{tenant}#{app}      zset, the tenant+app secondary index
+    {p}:ix:{epoch}:ts:{tenant}#{service}  zset, the tenant+service secondary index
+    {p}:ix:{epoch}:names            set of the epoch's ta/ts index names (reclaim)
+    {p}:inv:k:{key} / inv:ta:{t}#{a} / inv:ts:{t}#{s}   seq of the scope's last invalidation (short TTL)
+    {p}:reclaim                     set of old epochs whose space is still to be reclaimed
+    {p}:done:{event_id}             idempotency marker of an applied event
+    {p}:feed                        stream: one entry per applied change (the invalidation feed)
+    {p}:dead                        stream: dead letters
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+DEFAULT_PREFIX = "proxysync"
+
+
+class Op(StrEnum):
+    """The ``op`` field of a feed entry: what a change covered."""
+
+    DELETE = "delete"
+    CLEAR = "clear"
+    CLEAR_SERVICE = "clear_service"
+    INVALIDATE_ALL = "invalidate_all"
+    ROUTES_REFRESH = "routes_refresh"
+
+
+# Feed entry field names.
+F_OP = "op"
+F_TENANT = "tenant_id"
+F_APP = "app_id"
+F_KEY = "key"
+F_SERVICE = "service_name"
+F_EVENT_ID = "event_id"
+F_EVENT_TIME = "event_time"
+F_APPLIED_AT = "applied_at"
+F_REMOVED = "removed"
+
+
+def feed_stream(prefix: str) -> str:
+    return f"{prefix}:feed"
+
+
+def dead_stream(prefix: str) -> str:
+    return f"{prefix}:dead"
+
+
+def epoch_key(prefix: str) -> str:
+    return f"{prefix}:epoch"
+
+
+def all_index(prefix: str, epoch: int) -> str:
+    return f"{prefix}:ix:{epoch}:all"
+
+
+def done_key(prefix: str, event_id: str) -> str:
+    return f"{prefix}:done:{event_id}"

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from proxysync.cli import main
+
+main()
