@@ -12,9 +12,20 @@ TASK_CLEAR_SERVICE: Final = "proxysync.cache.clear_service"
 TASK_ROUTES_REFRESH: Final = "proxysync.routes.refresh"
 ALL_TASKS: Final = (TASK_CLEAR, TASK_DELETE, TASK_INVALIDATE_ALL, TASK_CLEAR_SERVICE, TASK_ROUTES_REFRESH)
 
-# Celery queues.
-QUEUE_INVALIDATIONS: Final = "proxysync.invalidations"
-QUEUE_ROUTES: Final = "proxysync.routes"
+# Celery queues: "{prefix}.invalidations" and "{prefix}.routes". The prefix comes from PROXYSYNC_QUEUE_PREFIX so
+# several environments (or test sessions) can share one broker without consuming each other's tasks.
+QUEUE_PREFIX_ENV: Final = "PROXYSYNC_QUEUE_PREFIX"
+DEFAULT_QUEUE_PREFIX: Final = "proxysync"
+QUEUE_INVALIDATIONS: Final = "invalidations"  # suffixes; use queue_name()
+QUEUE_ROUTES: Final = "routes"
+
+
+def queue_name(suffix: str, prefix: str | None = None) -> str:
+    """The full queue name for ``QUEUE_INVALIDATIONS``/``QUEUE_ROUTES`` under the configured prefix."""
+    import os
+
+    return f"{prefix or os.environ.get(QUEUE_PREFIX_ENV) or DEFAULT_QUEUE_PREFIX}.{suffix}"
+
 
 # Messenger defaults.
 DEFAULT_TOPIC: Final = "proxy_config_events"

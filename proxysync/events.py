@@ -201,7 +201,7 @@ class TaskCall:
     name: str
     kwargs: dict[str, Any]
     task_id: str
-    queue: str
+    queue: str  # a suffix: C.QUEUE_INVALIDATIONS or C.QUEUE_ROUTES; the sender resolves C.queue_name(queue)
 
 
 def task_call(event: MessengerEvent, *, received_at: float) -> TaskCall:
