@@ -7,7 +7,8 @@ Every failure the library reports is one of these, so callers map outcomes in on
      ├── InvalidValueError      (also ValueError)  a value that is not JSON-serialisable
      ├── CacheUnavailableError                     transient: Redis unreachable, timed out, loading, read-only
      │                                             replica, paused — retry later, nothing was changed
-     └── CachePermanentError                       permanent: authentication refused, wrong key type, script error
+     └── CachePermanentError                       permanent: authentication refused, wrong key type,
+                                                   script error
                                                    — retrying the same call will fail the same way
 
 *Transient* errors are the only ones a Celery task retries; the rest are rejected and dead-lettered.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -72,7 +73,7 @@ def read_feed(
     """Entries after ``last_id`` (blocking up to ``block_ms`` when given)."""
     stream = feed_stream(prefix)
     with redis_errors("read_feed"):
-        reply = client.xread({stream: last_id}, count=count, block=block_ms)
+        reply: list[Any] | None = client.xread({stream: last_id}, count=count, block=block_ms)  # type: ignore[assignment]
     out: list[FeedEntry] = []
     for _name, entries in reply or []:
         out.extend(FeedEntry.from_stream(eid, fields) for eid, fields in entries)

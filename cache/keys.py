@@ -1,7 +1,8 @@
 """The cache key model: ``tenant#app#path#KIND#env``.
 
-Ids (tenant, app, service, event ids and each key part) use the characters ``[A-Za-z0-9._:/@-]`` and are at most
-256 characters long. ``#`` separates the parts and can never occur inside one, so a key splits unambiguously and no
+Ids (tenant, app, service, event ids and each key part) use the characters ``[A-Za-z0-9._:/@-]`` and are at
+most 256 characters long. ``#`` separates the parts and can never occur inside one, so a key splits
+unambiguously and no
 id can ever widen into a Redis glob (``*``, ``?``, ``[`` are refused too).
 """
 

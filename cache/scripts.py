@@ -22,12 +22,14 @@ local function now_ms()
 end
 local function entry_name(e, key) return P .. ':e:' .. e .. ':' .. key end
 local function ix_base(e) return P .. ':ix:' .. e end
--- keep an index: add/refresh the member, drop members whose entries expired, expire the index with its last member
+-- keep an index: add/refresh the member, drop members whose entries expired,
+-- expire the index with its last member
 local function ix_touch(ix, member, score, now, names)
   redis.call('ZADD', ix, score, member)
   redis.call('ZREMRANGEBYSCORE', ix, '-inf', '(' .. now)
   local top = redis.call('ZRANGE', ix, -1, -1, 'WITHSCORES')
-  if top[2] == nil or top[2] == 'inf' then redis.call('PERSIST', ix) else redis.call('PEXPIREAT', ix, top[2]) end
+  if top[2] == nil or top[2] == 'inf' then redis.call('PERSIST', ix)
+  else redis.call('PEXPIREAT', ix, top[2]) end
   if names then redis.call('SADD', names, ix) end
 end
 local function write_entry(e, key, tenant, ta, value, service, ttl_ms, now)
@@ -88,8 +90,8 @@ return 1
 """
 
 # fill: ARGV 1 prefix, 2 key, 3 tenant, 4 tenant#app, 5 value, 6 service, 7 ttl_ms, 8 epoch0, 9 seq0, 10 t0,
-#       11 window_ms -> 1 written, 0 refused (an invalidation covering the key ran since the load began, or the
-#       load took longer than the window), 2 kept the entry someone else wrote meanwhile
+#       11 window_ms -> 1 written, 0 refused (an invalidation covering the key ran since the load began, or
+#       the load took longer than the window), 2 kept the entry someone else wrote meanwhile
 FILL = _LIB + r"""
 local e = current_epoch()
 if e ~= tonumber(ARGV[8]) then return 0 end
@@ -146,7 +148,9 @@ elseif op ~= 'routes_refresh' then
   return redis.error_reply('unknown op ' .. op)
 end
 for i = 9, #ARGV do table.insert(fields, ARGV[i]) end
-for _, x in ipairs({'event_id', event_id, 'applied_at', now, 'removed', removed}) do table.insert(fields, x) end
+for _, x in ipairs({'event_id', event_id, 'applied_at', now, 'removed', removed}) do
+  table.insert(fields, x)
+end
 local id = redis.call('XADD', P .. ':feed', 'MAXLEN', '~', ARGV[5], '*', unpack(fields))
 return {removed, id}
 """

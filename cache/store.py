@@ -1,4 +1,4 @@
-"""RouteAuthCache: the shared route/auth cache on Redis, with O(removed) scoped clears and stale-fill safety."""
+"""RouteAuthCache: the shared route/auth cache on Redis, O(removed) scoped clears, stale-fill safety."""
 
 from __future__ import annotations
 
@@ -158,7 +158,8 @@ class RouteAuthCache:
         self.stats.add("puts")
 
     def get_or_load(self, key: str, loader: Callable[[str], Any], *, ttl: float | None = None) -> Any:
-        """Return the cached value or load it; the loaded value is cached only if nothing invalidated it since."""
+        """Return the cached value or load it; the loaded value is cached only if nothing invalidated it
+        since the load began."""
         parsed = CacheKey.parse(key)
         with redis_errors("get"):
             reply = self._get(args=[self.prefix, key])
@@ -175,8 +176,8 @@ class RouteAuthCache:
         svc = service_of(value) or ""
         with redis_errors("fill"):
             written = self._fill(args=[
-                self.prefix, key, parsed.tenant, f"{parsed.tenant}#{parsed.app}", body, svc, self._ttl_ms(ttl),
-                epoch0, seq0, t0, self.fill_window_ms,
+                self.prefix, key, parsed.tenant, f"{parsed.tenant}#{parsed.app}", body, svc,
+                self._ttl_ms(ttl), epoch0, seq0, t0, self.fill_window_ms,
             ])
         self.stats.add("fills" if written == 1 else "fills_refused")
         return value
@@ -236,7 +237,9 @@ class RouteAuthCache:
                           event_id=event_id).removed
 
     def invalidate_all(self, *, event_id: str | None = None) -> int:
-        """Drop everything in O(1) (epoch bump); returns how many live entries that hid. See :meth:`reclaim`."""
+        """Drop everything in O(1) (epoch bump); returns how many live entries that hid.
+
+        See :meth:`reclaim`."""
         return self.apply(Op.INVALIDATE_ALL, event_id=event_id).removed
 
     # -- housekeeping ----------------------------------------------------------------------------------------
@@ -256,7 +259,7 @@ class RouteAuthCache:
 
     def pending_reclaim(self) -> int:
         with redis_errors("pending_reclaim"):
-            return int(self.redis.scard(f"{self.prefix}:reclaim"))
+            return int(self.redis.scard(f"{self.prefix}:reclaim"))  # type: ignore[arg-type]
 
     def count(self) -> int:
         """Live entries (current epoch)."""
@@ -265,7 +268,7 @@ class RouteAuthCache:
 
     def epoch(self) -> int:
         with redis_errors("epoch"):
-            return int(self.redis.get(epoch_key(self.prefix)) or 0)
+            return int(self.redis.get(epoch_key(self.prefix)) or 0)  # type: ignore[arg-type]
 
     def was_applied(self, event_id: str) -> bool:
         validate_id(event_id, "event_id")
@@ -274,7 +277,7 @@ class RouteAuthCache:
 
     def feed_length(self) -> int:
         with redis_errors("feed_length"):
-            return int(self.redis.xlen(feed_stream(self.prefix)))
+            return int(self.redis.xlen(feed_stream(self.prefix)))  # type: ignore[arg-type]
 
     def _all_index(self) -> str:
         return all_index(self.prefix, self.epoch())
