@@ -2,8 +2,7 @@
 
 Ids (tenant, app, service, event ids and each key part) use the characters ``[A-Za-z0-9._:/@-]`` and are at
 most 256 characters long. ``#`` separates the parts and can never occur inside one, so a key splits
-unambiguously and no
-id can ever widen into a Redis glob (``*``, ``?``, ``[`` are refused too).
+unambiguously and no id can ever widen into a Redis glob (``*``, ``?``, ``[`` are refused too).
 """
 
 from __future__ import annotations
