@@ -145,7 +145,8 @@ def _reason_of(exc: ValidationError) -> str:
 def canonical_event_id(body: dict[str, Any]) -> str:
     """A stable id for a body that carries none: the hash of its canonical JSON."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "ev-" + hashlib.sha256(canonical.encode()).hexdigest()[:40]
+    # surrogatepass: JSON escapes may decode to lone surrogates ("\ud800"); hash them instead of crashing
+    return "ev-" + hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()[:40]
 
 
 def parse_event(body: bytes | str) -> MessengerEvent:
