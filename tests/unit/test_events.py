@@ -1,4 +1,4 @@
-"""proxysync.events: literals for every event type and every rejection reason, the event id, task calls, fuzz."""
+"""proxysync.events: every event type, every rejection reason, the event id, task calls, fuzz."""
 
 from __future__ import annotations
 
@@ -21,11 +21,18 @@ from proxysync.events import (
 
 KEY = "tenant-123#app-456#/api/payment#CONFIG#production"
 PAYLOADS: dict[EventType, dict[str, Any]] = {
-    EventType.CACHE_CLEAR_INVALID: {"type": "CACHE_CLEAR_INVALID", "tenantId": "tenant-123", "appId": "app-456"},
+    EventType.CACHE_CLEAR_INVALID: {
+        "type": "CACHE_CLEAR_INVALID",
+        "tenantId": "tenant-123",
+        "appId": "app-456",
+    },
     EventType.CACHE_DELETE_INVALID: {"type": "CACHE_DELETE_INVALID", "key": KEY},
     EventType.ALL_CACHE_INVALID: {"type": "ALL_CACHE_INVALID"},
-    EventType.CACHE_CLEAR_SERVICE_INVALID: {"type": "CACHE_CLEAR_SERVICE_INVALID", "tenantId": "tenant-123",
-                                            "serviceName": "stripe_payment"},
+    EventType.CACHE_CLEAR_SERVICE_INVALID: {
+        "type": "CACHE_CLEAR_SERVICE_INVALID",
+        "tenantId": "tenant-123",
+        "serviceName": "stripe_payment",
+    },
     EventType.ROUTES_REFRESH: {"type": "ROUTES_REFRESH"},
 }
 EXPECTED_KWARGS: dict[EventType, dict[str, str]] = {
@@ -45,7 +52,9 @@ EXPECTED_TASK = {
 
 
 def body(payload: dict[str, Any], **top: Any) -> str:
-    return json.dumps({"payload": payload, "timestamp": "2024-01-15T10:30:00Z", "source": "config-manager", **top})
+    return json.dumps(
+        {"payload": payload, "timestamp": "2024-01-15T10:30:00Z", "source": "config-manager", **top}
+    )
 
 
 def reject(raw: bytes | str) -> EventError:
@@ -72,8 +81,12 @@ def test_every_type_parses_and_maps_to_its_task(etype: EventType) -> None:
 
 def test_event_time_falls_back_to_reception_and_reads_epoch_ms_and_s() -> None:
     payload = PAYLOADS[EventType.ALL_CACHE_INVALID]
-    assert task_call(parse_event(json.dumps({"payload": payload})), received_at=5.0).kwargs["event_time"] == 5.0
-    assert parse_event(json.dumps({"payload": payload, "timestamp": 1705314600000})).event_time() == 1705314600.0
+    assert (
+        task_call(parse_event(json.dumps({"payload": payload})), received_at=5.0).kwargs["event_time"] == 5.0
+    )
+    assert (
+        parse_event(json.dumps({"payload": payload, "timestamp": 1705314600000})).event_time() == 1705314600.0
+    )
     assert parse_event(json.dumps({"payload": payload, "timestamp": 1705314600})).event_time() == 1705314600.0
     assert parse_event(json.dumps({"payload": payload, "timestamp": "not a date"})).event_time() is None
 
@@ -99,14 +112,31 @@ def test_event_time_falls_back_to_reception_and_reads_epoch_ms_and_s() -> None:
         ('{"payload": {"type": "CACHE_NUKE"}}', "bad_type", "unknown event type 'CACHE_NUKE'"),
         ('{"payload": {"type": 1}}', "bad_type", "unknown event type 1"),
         ('{"payload": {"type": "cache_clear_invalid"}}', "bad_type", "unknown event type"),
-        ('{"payload": {"type": "CACHE_CLEAR_INVALID", "tenantId": "t"}}', "missing_field",
-         "CACHE_CLEAR_INVALID needs payload.appId"),
-        ('{"payload": {"type": "CACHE_CLEAR_INVALID", "appId": "a"}}', "missing_field", "needs payload.tenantId"),
-        ('{"payload": {"type": "CACHE_DELETE_INVALID"}}', "missing_field", "CACHE_DELETE_INVALID needs payload.key"),
-        ('{"payload": {"type": "CACHE_CLEAR_SERVICE_INVALID", "tenantId": "t"}}', "missing_field",
-         "needs payload.serviceName"),
-        ('{"payload": {"type": "CACHE_CLEAR_INVALID", "tenantId": 1, "appId": "a"}}', "wrong_type",
-         "payload.tenantId"),
+        (
+            '{"payload": {"type": "CACHE_CLEAR_INVALID", "tenantId": "t"}}',
+            "missing_field",
+            "CACHE_CLEAR_INVALID needs payload.appId",
+        ),
+        (
+            '{"payload": {"type": "CACHE_CLEAR_INVALID", "appId": "a"}}',
+            "missing_field",
+            "needs payload.tenantId",
+        ),
+        (
+            '{"payload": {"type": "CACHE_DELETE_INVALID"}}',
+            "missing_field",
+            "CACHE_DELETE_INVALID needs payload.key",
+        ),
+        (
+            '{"payload": {"type": "CACHE_CLEAR_SERVICE_INVALID", "tenantId": "t"}}',
+            "missing_field",
+            "needs payload.serviceName",
+        ),
+        (
+            '{"payload": {"type": "CACHE_CLEAR_INVALID", "tenantId": 1, "appId": "a"}}',
+            "wrong_type",
+            "payload.tenantId",
+        ),
         ('{"payload": {"type": "CACHE_DELETE_INVALID", "key": ["k"]}}', "wrong_type", "payload.key"),
         ('{"payload": {"type": "ALL_CACHE_INVALID"}, "timestamp": [1]}', "wrong_type", "timestamp"),
         ('{"payload": {"type": "ALL_CACHE_INVALID", "eventId": 5}}', "wrong_type", "payload.eventId"),
@@ -118,14 +148,34 @@ def test_bad_input_reasons(raw: bytes | str, reason: str, says: str) -> None:
     assert says in str(err)
 
 
-BAD_IDS = ["t*", "t#x", "t?", "a b", " t", "t\x00", "t\x1b[31m", "t\n", "t\u00e9", "[t]", "", "x" * 10_000,
-           "x" * 257]
+BAD_IDS = [
+    "t*",
+    "t#x",
+    "t?",
+    "a b",
+    " t",
+    "t\x00",
+    "t\x1b[31m",
+    "t\n",
+    "t\u00e9",
+    "[t]",
+    "",
+    "x" * 10_000,
+    "x" * 257,
+]
 
 
 @pytest.mark.parametrize("bad", BAD_IDS, ids=lambda s: repr(s[:12]) + f"/{len(s)}")
-@pytest.mark.parametrize("field", ["tenantId", "appId", "serviceName", "eventId", "key", "top.eventId", "top.id"])
+@pytest.mark.parametrize(
+    "field", ["tenantId", "appId", "serviceName", "eventId", "key", "top.eventId", "top.id"]
+)
 def test_bad_ids_are_rejected_as_bad_id(bad: str, field: str) -> None:
-    payload: dict[str, Any] = {"type": "CACHE_CLEAR_INVALID", "tenantId": "t", "appId": "a", "serviceName": "s"}
+    payload: dict[str, Any] = {
+        "type": "CACHE_CLEAR_INVALID",
+        "tenantId": "t",
+        "appId": "a",
+        "serviceName": "s",
+    }
     top: dict[str, Any] = {}
     if field.startswith("top."):
         top[field[4:]] = bad
@@ -173,12 +223,20 @@ def test_lone_surrogate_escapes_do_not_crash() -> None:
 
 
 def check(raw: bytes | str) -> None:
-    """The invariant: parse_event returns a MessengerEvent or raises EventError with a reason, nothing else."""
+    """parse_event returns a MessengerEvent or raises EventError (with a reason), nothing else."""
     try:
         event = parse_event(raw)
     except EventError as exc:
-        assert exc.reason in {"not_utf8", "not_json", "not_object", "no_payload", "bad_type", "wrong_type",
-                              "missing_field", "bad_id"}
+        assert exc.reason in {
+            "not_utf8",
+            "not_json",
+            "not_object",
+            "no_payload",
+            "bad_type",
+            "wrong_type",
+            "missing_field",
+            "bad_id",
+        }
         assert str(exc)
     else:
         assert isinstance(event, MessengerEvent)
@@ -193,21 +251,44 @@ def test_fuzz_arbitrary_bytes(raw: bytes) -> None:
     check(raw)
 
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
-                      st.sampled_from([t.value for t in EventType]), st.sampled_from(["t", "a", KEY, "t*", "s v"]))
-json_ish = st.recursive(json_leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=4),
-    st.dictionaries(st.sampled_from(["type", "tenantId", "appId", "key", "serviceName", "eventId", "id", "x"]),
-                    inner, max_size=6)), max_leaves=20)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=20),
+    st.sampled_from([t.value for t in EventType]),
+    st.sampled_from(["t", "a", KEY, "t*", "s v"]),
+)
+json_ish = st.recursive(
+    json_leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(
+            st.sampled_from(["type", "tenantId", "appId", "key", "serviceName", "eventId", "id", "x"]),
+            inner,
+            max_size=6,
+        ),
+    ),
+    max_leaves=20,
+)
 payloads = st.fixed_dictionaries(
     {"type": st.one_of(st.sampled_from([t.value for t in EventType]), json_leaf)},
-    optional={"tenantId": json_ish, "appId": json_ish, "key": json_ish, "serviceName": json_ish,
-              "eventId": json_ish, "extra": json_ish},
+    optional={
+        "tenantId": json_ish,
+        "appId": json_ish,
+        "key": json_ish,
+        "serviceName": json_ish,
+        "eventId": json_ish,
+        "extra": json_ish,
+    },
 )
 bodies = st.one_of(
     json_ish,
-    st.fixed_dictionaries({"payload": st.one_of(payloads, json_ish)},
-                          optional={"timestamp": json_ish, "source": json_ish, "eventId": json_ish, "id": json_ish}),
+    st.fixed_dictionaries(
+        {"payload": st.one_of(payloads, json_ish)},
+        optional={"timestamp": json_ish, "source": json_ish, "eventId": json_ish, "id": json_ish},
+    ),
 )
 
 

@@ -16,8 +16,10 @@ ids = st.text(alphabet=ID_ALPHABET, min_size=1, max_size=MAX_ID_LENGTH)
 @pytest.mark.parametrize(
     ("key", "parts"),
     [
-        ("tenant-123#app-456#/api/payment#CONFIG#production", ("tenant-123", "app-456", "/api/payment", "CONFIG",
-                                                               "production")),
+        (
+            "tenant-123#app-456#/api/payment#CONFIG#production",
+            ("tenant-123", "app-456", "/api/payment", "CONFIG", "production"),
+        ),
         ("t#a#p#K#e", ("t", "a", "p", "K", "e")),
         ("t.1#a:2#/v1/x@y#AUTH_TOKEN#eu-west_1", ("t.1", "a:2", "/v1/x@y", "AUTH_TOKEN", "eu-west_1")),
     ],
@@ -105,12 +107,20 @@ def test_format_key_validates_every_part() -> None:
 def test_round_trip_fuzz(parts: tuple[str, str, str, str, str]) -> None:
     key = format_key(*parts)
     assert parse_key(key).format() == key
-    assert (lambda k: (k.tenant, k.app, k.path, k.kind, k.env))(parse_key(key)) == parts
+    k = parse_key(key)
+    assert (k.tenant, k.app, k.path, k.kind, k.env) == parts
 
 
 @settings(max_examples=500)
-@given(st.one_of(st.text(), st.text(alphabet=ID_ALPHABET + "#*? \x00é[]", max_size=40), st.binary(),
-                 st.integers(), st.none()))
+@given(
+    st.one_of(
+        st.text(),
+        st.text(alphabet=ID_ALPHABET + "#*? \x00é[]", max_size=40),
+        st.binary(),
+        st.integers(),
+        st.none(),
+    )
+)
 def test_parse_key_parses_or_raises_invalid_key_error(key: object) -> None:
     try:
         parsed = parse_key(key)
