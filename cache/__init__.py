@@ -14,6 +14,7 @@ from cache.errors import (
 )
 from cache.keys import CacheKey, format_key, parse_key, validate_id
 from cache.names import Op
+from cache.near import NearCache, NearCacheCollector
 from cache.store import Applied, RouteAuthCache
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "CacheUnavailableError",
     "InvalidKeyError",
     "InvalidValueError",
+    "NearCache",
+    "NearCacheCollector",
     "Op",
     "RouteAuthCache",
     "format_key",

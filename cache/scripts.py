@@ -75,11 +75,11 @@ local function drop_keys(e, keys, skip_ix)
 end
 """
 
-# get: ARGV 1 prefix, 2 key -> {1, value} or {0, epoch, seq, now_ms} (a fill token for get_or_load)
+# get: ARGV 1 prefix, 2 key -> {1, value, service or ''} or {0, epoch, seq, now_ms} (get_or_load's fill token)
 GET = _LIB + r"""
 local e = current_epoch()
-local v = redis.call('HGET', entry_name(e, ARGV[2]), 'v')
-if v then return {1, v} end
+local vs = redis.call('HMGET', entry_name(e, ARGV[2]), 'v', 's')
+if vs[1] then return {1, vs[1], vs[2] or ''} end
 return {0, e, tonumber(redis.call('GET', P .. ':seq') or '0'), now_ms()}
 """
 

@@ -147,6 +147,19 @@ class RouteAuthCache:
         self.stats.add("misses")
         return None
 
+    def get_entry(self, key: str) -> tuple[Any, str | None] | None:
+        """``(value, service it is indexed under)`` or ``None``: a near cache needs the service to follow
+        ``clear_by_name`` exactly (``put(service=...)`` may differ from the value's ``serviceName``)."""
+        CacheKey.parse(key)
+        with redis_errors("get"):
+            reply = self._get(args=[self.prefix, key])
+        if reply[0] == 1:
+            self.stats.add("hits")
+            svc = reply[2].decode() if isinstance(reply[2], bytes) else reply[2]
+            return json.loads(reply[1]), svc or None
+        self.stats.add("misses")
+        return None
+
     def put(self, key: str, value: Any, *, service: str | None = None, ttl: float | None = None) -> None:
         """Store ``value`` (authoritative: always written). ``ttl`` in seconds; 0 means no expiry."""
         parsed = CacheKey.parse(key)
