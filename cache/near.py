@@ -212,6 +212,12 @@ class NearCache:
             if not stored:
                 self._abandon()
 
+    def peek(self, key: str) -> Any | None:
+        """The local value under ``key`` (expired or not), without touching Redis, LRU order or counters."""
+        with self._lock:
+            entry = self._entries.get(key)
+            return entry.value if entry is not None else None
+
     def local_keys(self) -> list[str]:
         """Keys held locally now (least recently used first)."""
         with self._lock:
@@ -354,7 +360,8 @@ class NearCache:
             for entry in entries:
                 dropped = self._apply(entry)
                 self._changes[entry.op.value] = self._changes.get(entry.op.value, 0) + 1
-                self._dropped[entry.op.value] = self._dropped.get(entry.op.value, 0) + len(dropped)
+                if entry.op is not Op.ROUTES_REFRESH:
+                    self._dropped[entry.op.value] = self._dropped.get(entry.op.value, 0) + len(dropped)
                 done.append((entry, dropped))
         for entry, dropped in done:
             if entry.op is Op.ROUTES_REFRESH:
