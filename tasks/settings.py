@@ -1,0 +1,52 @@
+"""The worker's own settings (everything Celery itself reads lives in ``celeryconfig.py``).
+
+One pydantic-settings class, read from the environment; every default is written here once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cache.names import DEFAULT_PREFIX
+
+DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+
+
+class WorkerSettings(BaseSettings):
+    """Cache connection, retry policy, poison-message limit, route-refresh window, metrics."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    celery_broker_url: str = DEFAULT_BROKER_URL
+    cache_redis_url: str | None = Field(default=None, description="default: the broker URL when it is redis://")
+    cache_prefix: str = DEFAULT_PREFIX
+    cache_socket_timeout: float = 5.0
+
+    task_max_retries: int = 10
+    task_retry_backoff: int = 1  # seconds; the n-th retry waits up to backoff * 2**n (full jitter)
+    task_retry_backoff_max: int = 30
+    task_retry_jitter: bool = True
+    task_max_deliveries: int = 3  # deliveries of one message that never finished (worker crashes) before dead-letter
+
+    routes_coalesce_window: float = 1.0  # seconds: at most a leading and a trailing refresh per window
+
+    worker_metrics_port: int = 0  # 0 = no metrics server
+    worker_dead_spool: str | None = None  # dead letters wait here while the cache Redis is unreachable
+
+    def cache_url(self) -> str:
+        """CACHE_REDIS_URL, else the broker's Redis, else the local default."""
+        if self.cache_redis_url:
+            return self.cache_redis_url
+        if self.celery_broker_url.startswith(("redis://", "rediss://", "unix://")):
+            return self.celery_broker_url
+        return DEFAULT_BROKER_URL
+
+    def dead_spool(self) -> Path:
+        if self.worker_dead_spool:
+            return Path(self.worker_dead_spool)
+        return Path(tempfile.gettempdir()) / f"proxysync-dead-{self.cache_prefix}-{os.getuid()}"

@@ -1,0 +1,107 @@
+"""Each task's effect on a seeded cache, through a real worker (Redis broker, then RabbitMQ)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from cache import Op
+from proxysync import constants as C
+from tests.tasks.conftest import Harness, wait_until
+
+
+def _ids() -> tuple[str, str]:
+    u = uuid.uuid4().hex[:8]
+    return f"t-{u}", f"a-{u}"
+
+
+def _seed(h: Harness, tenant: str, app: str, n: int, *, service: str | None = None) -> list[str]:
+    keys = [f"{tenant}#{app}#/api/p{i}#CONFIG#production" for i in range(n)]
+    for k in keys:
+        h.cache.put(k, {"route": k}, service=service)
+    return keys
+
+
+def test_clear_drops_tenant_app_and_announces(h: Harness) -> None:
+    # Given entries of two apps of one tenant
+    tenant, app = _ids()
+    keys = _seed(h, tenant, app, 3)
+    other = _seed(h, tenant, app + "x", 1)
+    # When a clear for one app is sent
+    t0 = time.time()
+    ev = h.send(C.TASK_CLEAR, tenant_id=tenant, app_id=app, event_time=t0)
+    [result] = h.outcomes.wait_done(ev)
+    # Then that app's entries are gone, the other's stay, and one feed entry says so
+    assert result["removed"] == 3 and result["duplicate"] is False
+    assert all(h.cache.get(k) is None for k in keys)
+    assert h.cache.get(other[0]) == {"route": other[0]}
+    [entry] = h.feed(ev)
+    assert (entry.op, entry.tenant_id, entry.app_id, entry.removed) == (Op.CLEAR, tenant, app, 3)
+    assert float(entry.extra["event_time"]) == t0
+
+
+def test_delete_drops_one_key(h: Harness) -> None:
+    tenant, app = _ids()
+    keys = _seed(h, tenant, app, 2)
+    ev = h.send(C.TASK_DELETE, key=keys[0])
+    [result] = h.outcomes.wait_done(ev)
+    assert result["removed"] == 1
+    assert h.cache.get(keys[0]) is None and h.cache.get(keys[1]) is not None
+    [entry] = h.feed(ev)
+    assert (entry.op, entry.key, entry.removed) == (Op.DELETE, keys[0], 1)
+
+
+def test_clear_service_drops_tenant_service(h: Harness) -> None:
+    tenant, app = _ids()
+    paid = _seed(h, tenant, app, 2, service="stripe_payment")
+    plain = _seed(h, tenant, app + "y", 1)
+    ev = h.send(C.TASK_CLEAR_SERVICE, tenant_id=tenant, service_name="stripe_payment")
+    [result] = h.outcomes.wait_done(ev)
+    assert result["removed"] == 2
+    assert all(h.cache.get(k) is None for k in paid) and h.cache.get(plain[0]) is not None
+    [entry] = h.feed(ev)
+    assert (entry.op, entry.service_name, entry.removed) == (Op.CLEAR_SERVICE, "stripe_payment", 2)
+
+
+def test_invalidate_all_drops_everything_and_reclaims(h: Harness) -> None:
+    tenant, app = _ids()
+    keys = _seed(h, tenant, app, 5)
+    epoch = h.cache.epoch()
+    ev = h.send(C.TASK_INVALIDATE_ALL)
+    [result] = h.outcomes.wait_done(ev)
+    assert result["removed"] >= 5 and result["reclaimed"] >= 5
+    assert h.cache.count() == 0 and h.cache.epoch() == epoch + 1
+    assert all(h.cache.get(k) is None for k in keys)
+    assert h.cache.pending_reclaim() == 0  # the old epoch's space is freed, not just hidden
+    assert not list(h.client.scan_iter(match=f"{h.prefix}:e:{epoch}:*"))
+    [entry] = h.feed(ev)
+    assert entry.op == Op.INVALIDATE_ALL
+
+
+def test_duplicate_event_is_applied_once(h: Harness) -> None:
+    # Given an applied clear
+    tenant, app = _ids()
+    _seed(h, tenant, app, 2)
+    ev = h.send(C.TASK_CLEAR, tenant_id=tenant, app_id=app)
+    h.outcomes.wait_done(ev)
+    # When the same event arrives again (a second listener, a redelivery) after new entries were written
+    again = _seed(h, tenant, app, 2)
+    h.send(C.TASK_CLEAR, tenant_id=tenant, app_id=app, event_id=ev)
+    first, second = h.outcomes.wait_done(ev, n=2)
+    # Then it is skipped: the new entries stay and the feed holds one entry for the event
+    assert first["duplicate"] is False and second["duplicate"] is True
+    assert all(h.cache.get(k) is not None for k in again)
+    assert len(h.feed(ev)) == 1
+
+
+def test_feed_entries_carry_event_and_timing(h: Harness) -> None:
+    tenant, app = _ids()
+    sent = [h.send(C.TASK_CLEAR, tenant_id=tenant, app_id=f"{app}{i}", event_time=time.time() - 1.5)
+            for i in range(3)]
+    for ev in sent:
+        h.outcomes.wait_done(ev)
+    entries = [e for e in h.feed() if e.event_id in sent]
+    assert [e.event_id for e in entries] == sent  # one each, in the order applied
+    for e in entries:
+        assert e.applied_at_ms / 1000 >= float(e.extra["event_time"]) + 1.5 - 0.5
+    wait_until(lambda: True)
