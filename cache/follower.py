@@ -7,7 +7,8 @@ reconnect is a gap, the feed may be lost (a restarted Redis, a fail-over to a re
 Each round trip pipelines ``XINFO STREAM`` and ``XREAD BLOCK`` from the last id seen. The XINFO snapshot,
 taken just before the read, tells whether anything after the last id is gone:
 
-* ``max-deleted-entry-id`` > last id (Redis >= 7.0): an entry we never read was trimmed or deleted;
+* ``entries-added`` - ``length`` > entries read (Redis >= 7.0; trimming does not move
+  ``max-deleted-entry-id``), or ``max-deleted-entry-id`` > last id (``XDEL``): an entry we never read is gone;
   on Redis 6 the conservative test is "the first entry is newer than the last one we read";
 * ``last-generated-id`` < last id, or the stream vanished: the stream was recreated;
 * ``entries-added`` - entries read > ``max_lag_entries``, or a full batch whose newest entry was applied more
@@ -108,19 +109,29 @@ GAP_LOST = "connection_lost"
 GAP_ERROR = "follower_error"
 
 
-def gap_reason(info: StreamInfo | None, last_id: str, read_any: bool) -> tuple[str, str] | None:
-    """``(kind, why)`` entries after ``last_id`` may be lost, else ``None`` (``read_any``: it was read)."""
+def gap_reason(info: StreamInfo | None, last_id: str, *, read_any: bool, read: int) -> tuple[str, str] | None:
+    """``(kind, why)`` entries after ``last_id`` may be lost, else ``None``.
+
+    ``read_any``: ``last_id`` is an entry we read (not just a start position); ``read``: its ``entries-added``
+    number (how many entries the stream had ever had when it was appended).
+    """
     last = parse_id(last_id)
     if info is None:
         return (GAP_RESET, "the feed stream vanished") if last != (0, 0) else None
     if parse_id(info.last_generated_id) < last:
         return GAP_RESET, f"the feed stream was recreated (its last id {info.last_generated_id} < {last_id})"
-    if info.max_deleted_id is not None:
-        if parse_id(info.max_deleted_id) > last:
-            return GAP_TRIMMED, f"the feed was trimmed past {last_id} (max deleted {info.max_deleted_id})"
+    detail = None
+    if info.entries_added is not None:
+        gone = info.entries_added - info.length
+        if gone > read:
+            detail = f"{gone} entries removed, {read} read"
+        elif info.max_deleted_id is not None and parse_id(info.max_deleted_id) > last:
+            detail = f"max deleted {info.max_deleted_id}"
+    elif info.length == 0 and parse_id(info.last_generated_id) > last:
+        detail = f"the stream is empty, its last id {info.last_generated_id}"
     elif read_any and info.first_entry_id is not None and parse_id(info.first_entry_id) > last:
-        return GAP_TRIMMED, f"the feed was trimmed past {last_id} (first entry {info.first_entry_id})"
-    return None
+        detail = f"first entry {info.first_entry_id}"
+    return (GAP_TRIMMED, f"the feed was trimmed past {last_id} ({detail})") if detail else None
 
 
 class FeedFollower:
@@ -276,7 +287,7 @@ class FeedFollower:
         ]))
         info = self._read_xinfo()
         entries = parse_xread(conn.read_response())
-        gap = self._behind or gap_reason(info, self.last_id, self._read_any)
+        gap = self._behind or gap_reason(info, self.last_id, read_any=self._read_any, read=self._read)
         if gap is None and info is not None and info.entries_added is not None and self.max_lag_entries:
             behind = info.entries_added - self._read
             if behind > self.max_lag_entries:
