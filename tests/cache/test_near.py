@@ -1,4 +1,4 @@
-"""NearCache against real Redis: start position, gaps (trim, falling behind, reconnect), route-refresh callbacks."""
+"""NearCache on real Redis: start position, gaps (trim, falling behind, reconnect), route refresh."""
 
 from __future__ import annotations
 
@@ -111,7 +111,9 @@ def test_trimmed_past_the_follower_flushes_everything_local_and_says_so_once(
     wait_until(lambda: K2 not in near, "K2 dropped after the gap")
 
 
-def test_falling_behind_past_the_bound_flushes_everything_local(cache: RouteAuthCache, near_factory: Any) -> None:
+def test_falling_behind_past_the_bound_flushes_everything_local(
+    cache: RouteAuthCache, near_factory: Any
+) -> None:
     near = near_factory(max_lag_entries=5)
     gate = near.on_drop(Gate())
     fill(cache, near, K1, K2)
@@ -190,9 +192,14 @@ def test_close_stops_the_follower_and_its_connection(
     near = NearCache(cache, name="closing", block_ms=5000)
     assert near.following
     name = "proxysync-feed-follower-closing"
-    assert any(c.get("name") == name for c in redis_client.client_list())
+
+    def names() -> list[Any]:
+        clients: Any = redis_client.client_list()
+        return [c.get("name") for c in clients]
+
+    assert name in names()
     near.close()
     assert not near.follower.alive
     assert not near.following
-    wait_until(lambda: not any(c.get("name") == name for c in redis_client.client_list()), "connection closed")
+    wait_until(lambda: name not in names(), "the follower's connection to close")
     near.close()  # idempotent

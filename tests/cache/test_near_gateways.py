@@ -14,6 +14,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,8 @@ class GatewayProcess:
     def __init__(self, name: str, redis_url: str, prefix: str, config: Path) -> None:
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples" / "gateway.py"), "--redis-url", redis_url, "--prefix", prefix,
-             "--config", str(config), "--port", "0", "--name", name],
+            [sys.executable, str(ROOT / "examples" / "gateway.py"), "--redis-url", redis_url,
+             "--prefix", prefix, "--config", str(config), "--port", "0", "--name", name],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         )
         self.lines: list[str] = []
@@ -90,7 +91,9 @@ class GatewayProcess:
 
 
 @pytest.fixture(scope="module")
-def world(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RouteAuthCache, list[GatewayProcess]]]:
+def world(
+    redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[RouteAuthCache, list[GatewayProcess]]]:
     prefix = f"pstest-near-gw-{uuid.uuid4().hex[:10]}"
     config = tmp_path_factory.mktemp("near") / "routes.json"
     config.write_text(json.dumps(ROUTES))
@@ -113,7 +116,15 @@ def settle(cache: RouteAuthCache, gateways: list[GatewayProcess]) -> None:
     sentinel = cache.apply(Op.DELETE, key=SENTINEL).feed_id
     assert sentinel is not None
     for gw in gateways:
-        wait_until(lambda gw=gw: at_or_after(gw.stats()["last_id"], sentinel), f"{gw.name} to reach {sentinel}")
+        wait_until(partial(reached, gw, sentinel), f"{gw.name} at {sentinel}")
+
+
+def reached(gw: GatewayProcess, feed_id: str) -> bool:
+    return at_or_after(gw.stats()["last_id"], feed_id)
+
+
+def refreshes_are(gw: GatewayProcess, n: int) -> bool:
+    return bool(gw.stats()["refresh_callbacks"] == n)
 
 
 def fill_everything(cache: RouteAuthCache, gateways: list[GatewayProcess]) -> None:
@@ -172,10 +183,9 @@ def test_route_refresh_callback_runs_once_per_feed_entry_in_both(
     settle(cache, gateways)
     # Then each gateway's callback ran exactly three times (FIFO: a fourth proves no extra call is pending)
     for gw, n in zip(gateways, before, strict=True):
-        wait_until(lambda gw=gw, n=n: gw.stats()["refresh_callbacks"] == n + 3, f"{gw.name}: 3 refreshes")
+        wait_until(partial(refreshes_are, gw, n + 3), f"{gw.name}: 3 refreshes")
     cache.apply(Op.ROUTES_REFRESH)
     settle(cache, gateways)
     for gw, n in zip(gateways, before, strict=True):
-        wait_until(lambda gw=gw, n=n: gw.stats()["refresh_callbacks"] >= n + 4, f"{gw.name}: 4th refresh")
-        assert gw.stats()["refresh_callbacks"] == n + 4
+        wait_until(partial(refreshes_are, gw, n + 4), f"{gw.name}: 4th refresh")
         assert sum("routes refresh (feed entry" in line for line in gw.lines) >= 4

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 
@@ -14,7 +14,7 @@ T = TypeVar("T")
 
 
 def wait_until(probe: Callable[[], T], what: str, timeout: float = 10.0, interval: float = 0.01) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` (and the last value) at the deadline."""
+    """Poll ``probe`` until it returns something truthy; at the deadline fail naming ``what``."""
     deadline = time.monotonic() + timeout
     value = probe()
     while not value:
@@ -28,7 +28,7 @@ def wait_until(probe: Callable[[], T], what: str, timeout: float = 10.0, interva
 def feed_tail(client: redis.Redis, prefix: str) -> str:
     """The feed's last-generated id ("0-0" when there is no feed yet)."""
     try:
-        info = client.xinfo_stream(f"{prefix}:feed")
+        info: Any = client.xinfo_stream(f"{prefix}:feed")
     except redis.ResponseError:
         return "0-0"
     last = info["last-generated-id"]

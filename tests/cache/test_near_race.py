@@ -1,8 +1,8 @@
 """The local stale-fill race: a fill that read Redis (or the source) before a change must not survive it.
 
-Fill threads are paused right after they read (Redis, or the config source through the loader) while changes are
-applied and the follower does or does not catch up; hypothesis explores the interleavings. After quiescence no
-key may hold, locally or in Redis, anything but the source's current value.
+Fill threads are paused right after they read (Redis, or the config source through the loader) while changes
+are applied and the follower does or does not catch up; hypothesis explores the interleavings. After
+quiescence no key may hold, locally or in Redis, anything but the source's current value.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class PausingCache(RouteAuthCache):
 class World:
     def __init__(self, cache: PausingCache, near: NearCache) -> None:
         self.cache, self.near = cache, near
-        self.source = {k: {"v": 0, "serviceName": KEYS[k][2]} for k in KEY_LIST}
+        self.source: dict[str, dict[str, Any]] = {k: {"v": 0, "serviceName": KEYS[k][2]} for k in KEY_LIST}
         self.pending: list[tuple[threading.Thread, Pause]] = []
 
     def loader(self, key: str) -> Any:
