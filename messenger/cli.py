@@ -37,18 +37,19 @@ def messenger(*, host: str, port: int, token: str | None, heartbeat_ms: int, end
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
     server = MessengerServer(host, port, token=token, heartbeat_ms=heartbeat_ms, endpoint=endpoint,
                              sockjs_heartbeat_s=SOCKJS_HEARTBEAT_S, max_frame=max_frame)
-    server.start()
-    # One line a supervisor (proxysync up) or a human can read; the token is never printed.
-    click.echo(f"messenger stand-in listening on {server.url} (SockJS {server.sockjs_url}, "
-               f"WebSocket {server.ws_url}, POST {server.url}/publish?destination=..., "
-               f"auth {'on' if token else 'off'})", err=False)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    # Handlers before the "listening" line: a supervisor may signal us as soon as it reads it.
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    server.start()
+    # One line a supervisor (proxysync up) or a human can read; the token is never printed.
+    click.echo(f"messenger stand-in listening on {server.url} (SockJS {server.sockjs_url}, "
+               f"WebSocket {server.ws_url}, POST {server.url}/publish?destination=..., "
+               f"auth {'on' if token else 'off'})", err=False)
     try:
         while not stop.wait(0.5):
             pass

@@ -137,7 +137,10 @@ class MessengerApp:
         destination = request.query.get("destination")
         if not destination:
             return web.json_response({"error": "query parameter 'destination' is required"}, status=400)
-        headers = {"content-type": request.headers.get("Content-Type", "application/json")}
+        # curl -d and urllib label any body form-urlencoded: that is never what a publisher means here.
+        given = request.query.get("content-type") or request.headers.get("Content-Type") or ""
+        form = given.startswith("application/x-www-form-urlencoded")
+        headers = {"content-type": "application/json" if form or not given else given}
         delivered = await self.publish(destination, await request.read(), headers)
         return web.json_response({"delivered": delivered})
 

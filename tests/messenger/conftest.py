@@ -1,0 +1,89 @@
+"""Fixtures for the Messenger stand-in tests: a running stand-in, stomp.py clients, a polling helper."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import stomp
+
+from messenger.server import MessengerServer
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll until ``predicate()`` is truthy (returns it) or fail after ``timeout`` s: no fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Collector(stomp.ConnectionListener):  # type: ignore[misc]
+    """Records what a stomp.py connection sees."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.errors: list[Any] = []
+        self.connected: list[Any] = []
+        self.heartbeats = 0
+        self.receipts: list[str] = []
+        self.disconnected = threading.Event()
+
+    def on_connected(self, frame: Any) -> None:
+        self.connected.append(frame)
+
+    def on_message(self, frame: Any) -> None:
+        self.messages.append(frame)
+
+    def on_error(self, frame: Any) -> None:
+        self.errors.append(frame)
+
+    def on_receipt(self, frame: Any) -> None:
+        self.receipts.append(frame.headers["receipt-id"])
+
+    def on_heartbeat(self) -> None:
+        self.heartbeats += 1
+
+    def on_disconnected(self) -> None:
+        self.disconnected.set()
+
+
+@pytest.fixture
+def standin() -> Iterator[MessengerServer]:
+    server = MessengerServer(heartbeat_ms=0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def stomp_clients() -> Iterator[Callable[..., tuple[stomp.WSStompConnection, Collector]]]:
+    """``make(port, path, **kw)`` -> (stomp.py WSStompConnection, its Collector); disconnected at teardown."""
+    made: list[stomp.WSStompConnection] = []
+
+    def make(port: int, path: str = "/ws", **kwargs: Any) -> tuple[stomp.WSStompConnection, Collector]:
+        kwargs.setdefault("auto_decode", False)  # bodies stay bytes: compare them exactly
+        conn = stomp.WSStompConnection(
+            [("127.0.0.1", port)], ws_path=path, reconnect_attempts_max=1, **kwargs
+        )
+        collector = Collector()
+        conn.set_listener("collector", collector)
+        made.append(conn)
+        return conn, collector
+
+    yield make
+    for conn in made:
+        try:
+            if conn.is_connected():
+                conn.disconnect()
+            conn.transport.disconnect_socket()
+        except Exception:  # teardown of a connection the test may have broken on purpose
+            pass
