@@ -209,7 +209,10 @@ class MessengerTransport(BaseTransport):  # type: ignore[misc]
                 self.drop_reason = self.drop_reason or "the Messenger closed the WebSocket"
                 return b""
             if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
-                continue  # ping (answered by websocket-client) / pong
+                # ping (websocket-client answers it) / pong. Any traffic proves the peer alive, and a server
+                # that counts its pongs as "data sent" (RabbitMQ) skips its STOMP heart-beat: tell stomp.py.
+                self.notify("heartbeat")
+                continue
             chunk = self._unwrap(data) if self.target.framing == "sockjs" else self._guard(data)
             if chunk is None:
                 return b""
@@ -259,7 +262,8 @@ class MessengerTransport(BaseTransport):  # type: ignore[misc]
             self.drop_reason = f"SockJS close frame {frame.code} {frame.reason!r}"
             return None
         if frame.kind != "messages":
-            return b""  # open / heartbeat: liveness only
+            self.notify("heartbeat")  # SockJS open / heartbeat: liveness only
+            return b""
         return b"".join(self._guard(m.encode("utf-8")) for m in frame.messages)
 
 
