@@ -1,0 +1,174 @@
+"""The listener against the Messenger stand-in, in each way of reaching it (SockJS-framed, raw, plain, auto)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from listener.service import Listener
+from messenger.server import MessengerServer
+from proxysync import constants as C
+from tests.listener.conftest import BrokerQueues, event, subscribed, wait_for
+
+TOKEN = "standin-token-5b1f0c"
+
+
+@pytest.fixture
+def messenger() -> Iterator[MessengerServer]:
+    server = MessengerServer(heartbeat_ms=1000).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def secured_messenger() -> Iterator[MessengerServer]:
+    server = MessengerServer(token=TOKEN, heartbeat_ms=1000).start()
+    yield server
+    server.stop()
+
+
+def _publish_when_subscribed(server: MessengerServer, topic: str, body: str) -> None:
+    wait_for(lambda: server.publish(C.topic_destination(topic), body) == 1, what="a subscriber to publish to")
+
+
+# mode -> (endpoint, expected framing)
+MODES = {
+    "sockjs": (C.DEFAULT_ENDPOINT, "sockjs"),
+    "sockjs-raw": (C.DEFAULT_ENDPOINT, "none"),
+    "websocket": ("/ws", "none"),
+    "auto": (C.DEFAULT_ENDPOINT, "sockjs"),  # /info answers -> SockJS-framed session
+    "auto-plain": ("/ws", "none"),  # /ws/info is 404 -> plain WebSocket at the URL itself
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_each_transport_mode_delivers_events_as_tasks(
+    mode: str, messenger: MessengerServer, make_listener: Callable[..., Listener], topic: str,
+    queues: BrokerQueues,
+) -> None:
+    endpoint, framing = MODES[mode]
+    listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url, WEBSOCKET_CLIENT_ENDPOINT=endpoint,
+                             WEBSOCKET_CLIENT_TRANSPORT=mode.removesuffix("-plain"))
+    wait_for(subscribed(listener), what="subscription")
+    assert listener.supervisor.session is not None
+    assert listener.supervisor.session.transport.target.framing == framing
+    _publish_when_subscribed(messenger, topic, event("CACHE_CLEAR_SERVICE_INVALID", tenantId="t1",
+                                                     serviceName="svc", eventId=f"ev-{mode}"))
+    wait_for(lambda: queues.events(), what="the task")
+    (task,) = queues.events()
+    assert (task["name"], task["id"], task["kwargs"]["service_name"]) == (C.TASK_CLEAR_SERVICE, f"ev-{mode}", "svc")
+
+
+def test_sockjs_three_megabyte_frame_and_oversize_refused(
+    messenger: MessengerServer, make_listener: Callable[..., Listener], topic: str, queues: BrokerQueues,
+) -> None:
+    listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url, WEBSOCKET_CLIENT_TRANSPORT="sockjs")
+    wait_for(subscribed(listener), what="subscription")
+    big = json.dumps({"payload": {"type": "ALL_CACHE_INVALID", "eventId": "big"}, "blob": "é" * 1_400_000}, ensure_ascii=False)
+    assert 2_500_000 < len(big.encode()) < 3 * 1024 * 1024
+    _publish_when_subscribed(messenger, topic, big)
+    messenger.publish(C.topic_destination(topic), json.dumps(
+        {"payload": {"type": "ALL_CACHE_INVALID", "eventId": "huge"}, "blob": "z" * (3 * 1024 * 1024)}))
+    messenger.publish(C.topic_destination(topic), event("ALL_CACHE_INVALID", eventId="small"))
+    wait_for(lambda: len(queues.events()) == 2, what="two tasks")
+    assert [t["id"] for t in queues.events()] == ["big", "small"]
+    assert listener.metrics.value("proxysync_listener_frames_rejected", reason="oversize") == 1
+
+
+def test_drop_reconnects_resubscribes_and_resyncs(
+    messenger: MessengerServer, make_listener: Callable[..., Listener], topic: str, queues: BrokerQueues,
+) -> None:
+    listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url)
+    wait_for(subscribed(listener), what="subscription")
+    # When the stand-in aborts every connection at the TCP level
+    assert messenger.drop_all() == 1
+    # Then: reconnect, resubscribe, second gap resync, events flow again
+    wait_for(subscribed(listener, 2), what="second subscription")
+    wait_for(lambda: len([t for t in queues.all() if t["id"].startswith("gap-")]) == 4, what="2nd resync")
+    _publish_when_subscribed(messenger, topic, event("ALL_CACHE_INVALID", eventId="after"))
+    wait_for(lambda: [t["id"] for t in queues.events()] == ["after"], what="event after the drop")
+
+
+def test_stalled_server_is_detected_and_left(
+    messenger: MessengerServer, make_listener: Callable[..., Listener], caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a 1 s liveness budget (STOMP heart-beats + WebSocket ping/read-idle)
+    listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url, WEBSOCKET_CLIENT_HEARTBEAT=1000)
+    wait_for(subscribed(listener), what="subscription")
+    # When the server freezes (reads nothing, sends nothing, answers no ping) for longer than that
+    messenger.stall(4)
+    # Then the listener notices within 2x the heart-beat and reconnects once the server answers again
+    wait_for(lambda: listener.supervisor.state.value != "SUBSCRIBED", timeout=2.5, what="stall detected")
+    wait_for(subscribed(listener, 2), timeout=15, what="resubscribed after the stall")
+    lines = [r.getMessage() for r in caplog.records if "Transport error" in r.getMessage()]
+    assert any("heart-beat" in line or "read-idle" in line for line in lines), lines
+
+
+def test_auth_failure_then_success_with_a_rotated_token_file(
+    secured_messenger: MessengerServer, make_listener: Callable[..., Listener], tmp_path: Path,
+    topic: str, queues: BrokerQueues, caplog: pytest.LogCaptureFixture,
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("wrong-token-value\n")
+    listener = make_listener(WEBSOCKET_CLIENT_BASEURL=secured_messenger.url,
+                             WEBSOCKET_CLIENT_TOKEN_FILE=str(token_file))
+    # When the Messenger refuses the token: counted, logged, retried with backoff
+    wait_for(lambda: listener.metrics.value("proxysync_listener_auth_failures") >= 2, what="auth failures")
+    assert listener.supervisor.subscriptions == 0
+    refused = [r.getMessage() for r in caplog.records if "refused the credentials" in r.getMessage()]
+    assert refused and "wrong-token-value" not in " ".join(refused)
+    # Then a rotated token file is picked up by the next attempt
+    token_file.write_text(TOKEN)
+    wait_for(subscribed(listener), what="subscription with the good token")
+    _publish_when_subscribed(secured_messenger, topic, event("ALL_CACHE_INVALID", eventId="authed"))
+    wait_for(lambda: [t["id"] for t in queues.events()] == ["authed"], what="task")
+
+
+class _TokenEndpoint(BaseHTTPRequestHandler):
+    issued: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length", "0"))
+        form = self.rfile.read(length).decode()
+        ok = "grant_type=client_credentials" in form and self.headers.get("Authorization", "").startswith("Basic ")
+        body = json.dumps({"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600} if ok else
+                          {"error": "invalid_client"}).encode()
+        self.issued.append(TOKEN if ok else "")
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return
+
+
+def test_oauth2_client_credentials_token_is_fetched_once_and_used(
+    secured_messenger: MessengerServer, make_listener: Callable[..., Listener], topic: str,
+    queues: BrokerQueues,
+) -> None:
+    _TokenEndpoint.issued = []
+    iam = ThreadingHTTPServer(("127.0.0.1", 0), _TokenEndpoint)
+    threading.Thread(target=iam.serve_forever, daemon=True).start()
+    try:
+        listener = make_listener(
+            WEBSOCKET_CLIENT_BASEURL=secured_messenger.url,
+            IAM_TOKEN_URL=f"http://127.0.0.1:{iam.server_address[1]}/oauth/token",
+            IAM_CLIENT_ID="proxysync", IAM_CLIENT_SECRET="client-secret-xyz")
+        wait_for(subscribed(listener), what="subscription")
+        # A drop and reconnect reuses the cached token
+        secured_messenger.drop_all()
+        wait_for(subscribed(listener, 2), what="second subscription")
+        _publish_when_subscribed(secured_messenger, topic, event("ROUTES_REFRESH", eventId="iam"))
+        wait_for(lambda: [t["id"] for t in queues.events()] == ["iam"], what="task")
+        assert _TokenEndpoint.issued == [TOKEN]
+    finally:
+        iam.shutdown()
+        iam.server_close()
