@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 from types import FrameType
 
@@ -29,14 +30,22 @@ DEFAULT_PORT = 8090
               help="SockJS endpoint base path.")
 @click.option("--max-frame", default=DEFAULT_MAX_FRAME, show_default=True, type=int,
               help="Largest STOMP frame accepted from a client or the publish API, in bytes.")
+@click.option("--tls-cert", envvar="MESSENGER_TLS_CERT", type=click.Path(exists=True, dir_okay=False),
+              help="Serve https/wss with this certificate chain (PEM).")
+@click.option("--tls-key", envvar="MESSENGER_TLS_KEY", type=click.Path(exists=True, dir_okay=False),
+              help="Private key for --tls-cert (PEM).")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def messenger(*, host: str, port: int, token: str | None, heartbeat_ms: int, endpoint: str, max_frame: int,
-              log_level: str) -> None:
+              tls_cert: str | None, tls_key: str | None, log_level: str) -> None:
     """Run the Messenger stand-in: STOMP 1.2 over WebSocket (raw, SockJS) and POST /publish."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s [%(name)s] %(message)s")
+    context = None
+    if tls_cert:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(tls_cert, tls_key)
     server = MessengerServer(host, port, token=token, heartbeat_ms=heartbeat_ms, endpoint=endpoint,
-                             sockjs_heartbeat_s=SOCKJS_HEARTBEAT_S, max_frame=max_frame)
+                             sockjs_heartbeat_s=SOCKJS_HEARTBEAT_S, max_frame=max_frame, ssl_context=context)
     stop = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:

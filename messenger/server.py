@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -339,9 +340,11 @@ class MessengerServer:
         endpoint: str = DEFAULT_ENDPOINT,
         sockjs_heartbeat_s: float = SOCKJS_HEARTBEAT_S,
         max_frame: int = DEFAULT_MAX_FRAME,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context  # https/wss when given (to test clients' TLS verification)
         self.app = MessengerApp(
             Broker(token=token, heartbeat_ms=heartbeat_ms),
             endpoint=endpoint,
@@ -355,11 +358,11 @@ class MessengerServer:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://{self.host}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}/ws"
+        return f"{'wss' if self.ssl_context else 'ws'}://{self.host}:{self.port}/ws"
 
     @property
     def sockjs_url(self) -> str:
@@ -383,7 +386,7 @@ class MessengerServer:
         runner = web.AppRunner(self.app.build(), handle_signals=False, access_log=None)
         try:
             loop.run_until_complete(runner.setup())
-            loop.run_until_complete(web.SockSite(runner, sock).start())
+            loop.run_until_complete(web.SockSite(runner, sock, ssl_context=self.ssl_context).start())
         except BaseException as exc:
             self._failure = exc
             self._ready.set()

@@ -9,6 +9,7 @@ send is exactly what the listener accepts.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import urllib.error
 import urllib.request
@@ -93,8 +94,23 @@ class _Receipts:
         self.changed.set()
 
 
+def default_ca_bundle() -> str | None:
+    """System CA file (what OpenSSL would use), else certifi's: stomp.py verifies nothing without one."""
+    import ssl
+
+    paths = ssl.get_default_verify_paths()
+    for candidate in (paths.cafile, paths.openssl_cafile):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return str(certifi.where())
+
+
 def send_stomp(stomp_url: str, destination: str, data: bytes, *, vhost: str | None, token: str | None,
-               login: str | None, passcode: str | None, timeout: float) -> None:
+               login: str | None, passcode: str | None, timeout: float, ca_bundle: str | None = None) -> None:
     """CONNECT, SEND with a receipt, wait for the RECEIPT (the broker has the message), DISCONNECT."""
     import stomp
 
@@ -112,7 +128,10 @@ def send_stomp(stomp_url: str, destination: str, data: bytes, *, vhost: str | No
     else:
         raise click.ClickException(f"--stomp-url must be ws(s):// or stomp(+ssl)://, not {scheme!r}")
     if tls:
-        conn.set_ssl(for_hosts=[(host, port)])
+        ca_certs = ca_bundle or default_ca_bundle()
+        if ca_certs is None:
+            raise click.ClickException("no CA bundle found to verify TLS: pass --ca-bundle")
+        conn.set_ssl(for_hosts=[(host, port)], ca_certs=ca_certs)
     receipts = _Receipts()
     conn.set_listener("publish", receipts)
     connect_headers = {"authorization": f"Bearer {token}"} if token else {}
@@ -164,12 +183,16 @@ def _wait(done: Any, receipts: _Receipts, timeout: float) -> bool:
 @click.option("--login", envvar="STOMP_LOGIN", help="STOMP login (e.g. guest for RabbitMQ).")
 @click.option("--passcode", envvar="STOMP_PASSCODE", help="STOMP passcode.")
 @click.option("--timeout", default=10.0, show_default=True, type=float, help="Seconds to wait for a broker.")
+@click.option("--ca-bundle", envvar="WEBSOCKET_CLIENT_CA_BUNDLE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="CA file to verify wss:// and stomp+ssl:// (default: the system's).")
 @click.option("--dry-run", is_flag=True, help="Validate and print the body; send nothing.")
 @click.pass_context
 def publish(ctx: click.Context, *, type_: str | None, tenant: str | None, app: str | None, key: str | None,
             service: str | None, event_id: str | None, json_file: TextIO | None, url: str,
             stomp_url: str | None, stomp_host: str | None, destination: str, token: str | None,
-            login: str | None, passcode: str | None, timeout: float, dry_run: bool) -> None:
+            login: str | None, passcode: str | None, timeout: float, ca_bundle: str | None,
+            dry_run: bool) -> None:
     """Send one event to a Messenger: the stand-in's POST /publish, or any STOMP broker (--stomp-url)."""
     if type_ is None and json_file is None:
         raise click.UsageError("give --type (with its fields) or --json FILE")
@@ -187,7 +210,7 @@ def publish(ctx: click.Context, *, type_: str | None, tenant: str | None, app: s
         return
     if stomp_url:
         send_stomp(stomp_url, destination, data, vhost=stomp_host, token=token, login=login,
-                   passcode=passcode, timeout=timeout)
+                   passcode=passcode, timeout=timeout, ca_bundle=ca_bundle)
         where, delivered = stomp_url, "accepted (RECEIPT)"
     else:
         count = post_to_standin(url, destination, data, token=token, timeout=timeout)

@@ -87,3 +87,43 @@ def stomp_clients() -> Iterator[Callable[..., tuple[stomp.WSStompConnection, Col
             conn.transport.disconnect_socket()
         except Exception:  # teardown of a connection the test may have broken on purpose
             pass
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (cert.pem doubles as the CA bundle that trusts it)."""
+    import shutil
+    import subprocess
+
+    from tests.conftest import unavailable
+
+    if shutil.which("openssl") is None:
+        unavailable("openssl is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return str(cert), str(key)

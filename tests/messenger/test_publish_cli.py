@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -191,3 +192,25 @@ def test_publish_to_rabbitmq_reaches_a_stomp_subscriber(
     event = parse_event(message.body)
     assert event.type is EventType.ROUTES_REFRESH and event.event_id == "ev-rabbit-1"
     assert json.loads(message.body)["source"] == "proxysync-cli"
+
+
+def test_wss_is_verified_by_default_and_a_ca_bundle_makes_it_trusted(
+    tls_files: tuple[str, str], stomp_clients: MakeClient
+) -> None:
+    # Given a stand-in serving wss:// with a self-signed certificate
+    cert, key = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = MessengerServer(ssl_context=context).start()
+    try:
+        assert server.ws_url.startswith("wss://")
+        # When publishing without trusting that certificate: refused (verification is on by default)
+        untrusted = run("--type", "ALL_CACHE_INVALID", "--stomp-url", server.ws_url, "--timeout", "3")
+        assert untrusted.exit_code == 1 and "cannot connect" in untrusted.output
+        assert server.stats()["connects"] == 0
+        # Then with --ca-bundle naming it: accepted over TLS
+        trusted = run("--type", "ALL_CACHE_INVALID", "--stomp-url", server.ws_url, "--ca-bundle", cert)
+        assert trusted.exit_code == 0, trusted.output
+        assert server.stats()["counters"]["sends"] == 1
+    finally:
+        server.stop()
