@@ -10,7 +10,7 @@ import click
 from pydantic import ValidationError
 
 from listener.errors import ListenerError
-from listener.service import run, setup_logging
+from listener.logs import setup_logging
 from listener.settings import load_settings
 
 
@@ -35,6 +35,12 @@ def listen(config: Path | None, log_level: str) -> None:
     except (ValidationError, ListenerError) as exc:
         raise click.ClickException(f"invalid listener settings: {exc}") from None
     setup_logging(settings.log_format, level=getattr(logging, log_level.upper()))
+    if not settings.enabled:
+        logging.getLogger("listener").info(
+            "[WS-Client] WebSocket client is disabled (WEBSOCKET_CLIENT_ENABLED=false): nothing to do")
+        sys.exit(0)
+    from listener.service import run  # Celery and friends: only when there is something to run
+
     try:
         code = run(settings)
     except ListenerError as exc:

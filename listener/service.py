@@ -10,16 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
-from typing import Any, TextIO
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from listener.auth import RedactingFilter, token_source
+from listener.auth import token_source
 from listener.dispatch import Dispatcher
 from listener.metrics import Metrics
 from listener.sender import CelerySender
@@ -29,38 +28,6 @@ from listener.states import State
 from listener.supervisor import Supervisor
 
 log = logging.getLogger("listener")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line (``LOG_FORMAT=json``)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        doc: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_text or record.exc_info:
-            doc["exc"] = record.exc_text or self.formatException(record.exc_info)  # type: ignore[arg-type]
-        return json.dumps(doc, ensure_ascii=False)
-
-
-def setup_logging(
-    fmt: str = "text", *, level: int = logging.INFO, stream: TextIO | None = None
-) -> logging.Handler:
-    """A root handler whose filter redacts every token (stomp.py logs frames, headers included, at DEBUG)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.addFilter(RedactingFilter())
-    handler.setFormatter(
-        JsonFormatter()
-        if fmt == "json"
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
-    root = logging.getLogger()
-    root.addHandler(handler)
-    root.setLevel(level)
-    return handler
 
 
 class Listener:
@@ -165,9 +132,6 @@ def _serve_http(listener: Listener, port: int) -> ThreadingHTTPServer:
 
 def run(settings: ListenerSettings) -> int:
     """Run until SIGTERM/SIGINT; exit code 0 on a clean stop."""
-    if not settings.enabled:
-        log.info("[WS-Client] WebSocket client is disabled (WEBSOCKET_CLIENT_ENABLED=false): nothing to do")
-        return 0
     listener = Listener(settings).start()
     stop = threading.Event()
 

@@ -50,8 +50,13 @@ def port_open(host: str, port: int) -> bool:
 
 
 def event(kind: str, **payload: Any) -> str:
-    return json.dumps({"payload": {"type": kind, **payload}, "timestamp": "2024-01-15T10:30:00Z",
-                       "source": "config-manager"})
+    return json.dumps(
+        {
+            "payload": {"type": kind, **payload},
+            "timestamp": "2024-01-15T10:30:00Z",
+            "source": "config-manager",
+        }
+    )
 
 
 class BrokerQueues:
@@ -101,19 +106,25 @@ def topic() -> str:
 
 
 @pytest.fixture
-def make_listener(tmp_path: Path, redis_url: str, topic: str,
-                  queue_prefix: str) -> Iterator[Callable[..., Listener]]:
+def make_listener(
+    tmp_path: Path, redis_url: str, topic: str, queue_prefix: str
+) -> Iterator[Callable[..., Listener]]:
     """Start an in-process listener with fast test timings; every one started is stopped afterwards."""
     started: list[Listener] = []
 
     def make(*, spool_max: int = 100_000, stable_s: float = 30.0, **env: Any) -> Listener:
         values: dict[str, Any] = {
-            "WEBSOCKET_CLIENT_TOPIC": topic, "WEBSOCKET_CLIENT_RETRY_INTERVAL": 100,
-            "WEBSOCKET_CLIENT_RETRY_MAX": 500, "WEBSOCKET_CLIENT_HEARTBEAT": 2000, "LISTENER_HTTP_PORT": 0,
-            "LISTENER_SPOOL_PATH": str(tmp_path / f"spool-{len(started)}.db"), "CELERY_BROKER_URL": redis_url,
+            "WEBSOCKET_CLIENT_TOPIC": topic,
+            "WEBSOCKET_CLIENT_RETRY_INTERVAL": 100,
+            "WEBSOCKET_CLIENT_RETRY_MAX": 500,
+            "WEBSOCKET_CLIENT_HEARTBEAT": 2000,
+            "LISTENER_HTTP_PORT": 0,
+            "LISTENER_SPOOL_PATH": str(tmp_path / f"spool-{len(started)}.db"),
+            "CELERY_BROKER_URL": redis_url,
         } | env
-        listener = Listener(load_settings(**values), spool_max=spool_max, stable_s=stable_s,
-                            broker_retry_s=0.3).start()
+        listener = Listener(
+            load_settings(**values), spool_max=spool_max, stable_s=stable_s, broker_retry_s=0.3
+        ).start()
         started.append(listener)
         return listener
 
@@ -123,19 +134,28 @@ def make_listener(tmp_path: Path, redis_url: str, topic: str,
 
 
 def subscribed(listener: Listener, count: int = 1) -> Callable[[], bool]:
-    return lambda: listener.supervisor.state.value == "SUBSCRIBED" and listener.supervisor.subscriptions >= count
+    return lambda: (
+        listener.supervisor.state.value == "SUBSCRIBED" and listener.supervisor.subscriptions >= count
+    )
 
 
 # --- RabbitMQ -----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture
 def rabbit() -> dict[str, Any]:
     """Listener settings for RabbitMQ Web-STOMP (plain WebSocket, STOMP host "/")."""
     if not port_open(*WEB_STOMP) or not port_open(*STOMP):
-        unavailable("RabbitMQ Web-STOMP (15674) / STOMP (61613) not reachable: "
-                    "rabbitmq-plugins enable rabbitmq_stomp rabbitmq_web_stomp")
-    return {"WEBSOCKET_CLIENT_BASEURL": f"ws://{WEB_STOMP[0]}:{WEB_STOMP[1]}", "WEBSOCKET_CLIENT_ENDPOINT": "/ws",
-            "WEBSOCKET_CLIENT_TRANSPORT": "websocket", "WEBSOCKET_CLIENT_STOMP_HOST": "/"}
+        unavailable(
+            "RabbitMQ Web-STOMP (15674) / STOMP (61613) not reachable: "
+            "rabbitmq-plugins enable rabbitmq_stomp rabbitmq_web_stomp"
+        )
+    return {
+        "WEBSOCKET_CLIENT_BASEURL": f"ws://{WEB_STOMP[0]}:{WEB_STOMP[1]}",
+        "WEBSOCKET_CLIENT_ENDPOINT": "/ws",
+        "WEBSOCKET_CLIENT_TRANSPORT": "websocket",
+        "WEBSOCKET_CLIENT_STOMP_HOST": "/",
+    }
 
 
 RABBIT_TEST_VHOST = "proxysync-listener-test"
@@ -144,20 +164,29 @@ RABBIT_TEST_VHOST = "proxysync-listener-test"
 @pytest.fixture(scope="session")
 def rabbit_vhost() -> str:
     """A vhost of the listener tests' own, so closing "our" connections never touches anyone else's."""
-    for args in (["add_vhost", RABBIT_TEST_VHOST], ["set_permissions", "-p", RABBIT_TEST_VHOST, "guest", ".*", ".*", ".*"]):
+    for args in (
+        ["add_vhost", RABBIT_TEST_VHOST],
+        ["set_permissions", "-p", RABBIT_TEST_VHOST, "guest", ".*", ".*", ".*"],
+    ):
         subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=False)
     return RABBIT_TEST_VHOST
 
 
 def rabbit_drop_connections(vhost: str) -> None:
-    """Close every connection in ``vhost`` on the RabbitMQ side (Web-STOMP ones are not in list_connections)."""
-    subprocess.run(["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "listener test: drop"],
-                   capture_output=True, timeout=60, check=True)
+    """Close every connection in ``vhost`` server-side (Web-STOMP ones are not in list_connections)."""
+    subprocess.run(
+        ["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "listener test: drop"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
 
 
 @pytest.fixture
-def rabbit_publisher(rabbit: dict[str, Any], topic: str) -> Iterator[Callable[..., Callable[[str | bytes], None]]]:
-    """``rabbit_publisher(vhost)`` -> publish(body) to the test's topic through RabbitMQ's plain STOMP port."""
+def rabbit_publisher(
+    rabbit: dict[str, Any], topic: str
+) -> Iterator[Callable[..., Callable[[str | bytes], None]]]:
+    """``rabbit_publisher(vhost)`` -> publish(body) to the test's topic via RabbitMQ's plain STOMP port."""
     conns: list[stomp.Connection] = []
 
     def open_for(vhost: str = "/") -> Callable[[str | bytes], None]:
@@ -173,5 +202,7 @@ def rabbit_publisher(rabbit: dict[str, Any], topic: str) -> Iterator[Callable[..
 
 
 @pytest.fixture
-def rabbit_publish(rabbit_publisher: Callable[..., Callable[[str | bytes], None]]) -> Callable[[str | bytes], None]:
+def rabbit_publish(
+    rabbit_publisher: Callable[..., Callable[[str | bytes], None]],
+) -> Callable[[str | bytes], None]:
     return rabbit_publisher("/")

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from listener.service import Listener, setup_logging
+from listener.logs import setup_logging
+from listener.service import Listener
 from proxysync import constants as C
 from proxysync.redis_server import RedisServer
 from tests.listener.conftest import BrokerQueues, event, rabbit_drop_connections, subscribed, wait_for
@@ -21,8 +22,10 @@ KEY = "tenant-123#app-456#/api/payment#CONFIG#production"
 
 
 def test_every_event_type_becomes_its_task(
-    make_listener: Callable[..., Listener], rabbit: dict[str, Any],
-    rabbit_publish: Callable[[str | bytes], None], queues: BrokerQueues,
+    make_listener: Callable[..., Listener],
+    rabbit: dict[str, Any],
+    rabbit_publish: Callable[[str | bytes], None],
+    queues: BrokerQueues,
 ) -> None:
     # Given a listener subscribed through RabbitMQ Web-STOMP
     listener = make_listener(**rabbit)
@@ -31,16 +34,23 @@ def test_every_event_type_becomes_its_task(
     rabbit_publish(event("CACHE_CLEAR_INVALID", tenantId="tenant-123", appId="app-456", eventId="e1"))
     rabbit_publish(event("CACHE_DELETE_INVALID", key=KEY, eventId="e2"))
     rabbit_publish(event("ALL_CACHE_INVALID", eventId="e3"))
-    rabbit_publish(event("CACHE_CLEAR_SERVICE_INVALID", tenantId="tenant-123", serviceName="stripe_payment",
-                         eventId="e4"))
+    rabbit_publish(
+        event(
+            "CACHE_CLEAR_SERVICE_INVALID", tenantId="tenant-123", serviceName="stripe_payment", eventId="e4"
+        )
+    )
     rabbit_publish(event("ROUTES_REFRESH", eventId="e5"))
     # Then each became its task, by name, on its queue, with task_id = event id
     wait_for(lambda: len(queues.events()) == 5, what="5 tasks in the broker")
     inv = {t["id"]: t for t in queues.tasks(C.QUEUE_INVALIDATIONS)}
     routes = {t["id"]: t for t in queues.tasks(C.QUEUE_ROUTES)}
     assert inv["e1"]["name"] == C.TASK_CLEAR
-    assert inv["e1"]["kwargs"] | {"event_time": 0} == {"tenant_id": "tenant-123", "app_id": "app-456",
-                                                       "event_id": "e1", "event_time": 0}
+    assert inv["e1"]["kwargs"] | {"event_time": 0} == {
+        "tenant_id": "tenant-123",
+        "app_id": "app-456",
+        "event_id": "e1",
+        "event_time": 0,
+    }
     assert (inv["e2"]["name"], inv["e2"]["kwargs"]["key"]) == (C.TASK_DELETE, KEY)
     assert inv["e3"]["name"] == C.TASK_INVALIDATE_ALL
     assert inv["e4"]["name"] == C.TASK_CLEAR_SERVICE
@@ -67,8 +77,11 @@ BAD_FRAMES: list[tuple[str, bytes]] = [
 
 
 def test_bad_frames_are_refused_and_a_following_good_frame_still_dispatched(
-    make_listener: Callable[..., Listener], rabbit: dict[str, Any],
-    rabbit_publish: Callable[[str | bytes], None], queues: BrokerQueues, caplog: pytest.LogCaptureFixture,
+    make_listener: Callable[..., Listener],
+    rabbit: dict[str, Any],
+    rabbit_publish: Callable[[str | bytes], None],
+    queues: BrokerQueues,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     listener = make_listener(**rabbit)
     wait_for(subscribed(listener), what="subscription")
@@ -78,7 +91,7 @@ def test_bad_frames_are_refused_and_a_following_good_frame_still_dispatched(
         rabbit_publish(body)
     rabbit_publish(event("CACHE_DELETE_INVALID", key=KEY, eventId="good-1"))
     # Then only the good one became a task
-    wait_for(lambda: queues.events(), what="the good frame's task")
+    wait_for(queues.events, what="the good frame's task")
     assert [t["id"] for t in queues.events()] == ["good-1"]
     # And each bad one was counted by its reason, with one log line naming the reason
     for reason in {r for r, _ in BAD_FRAMES}:
@@ -92,15 +105,18 @@ def test_bad_frames_are_refused_and_a_following_good_frame_still_dispatched(
 
 
 def test_three_megabyte_frame_is_dispatched_and_an_oversize_one_refused(
-    make_listener: Callable[..., Listener], rabbit: dict[str, Any],
-    rabbit_publish: Callable[[str | bytes], None], queues: BrokerQueues,
+    make_listener: Callable[..., Listener],
+    rabbit: dict[str, Any],
+    rabbit_publish: Callable[[str | bytes], None],
+    queues: BrokerQueues,
 ) -> None:
     # Given the default 3 MiB limit
     listener = make_listener(**rabbit)
     wait_for(subscribed(listener), what="subscription")
     big = json.dumps({"payload": {"type": "ALL_CACHE_INVALID", "eventId": "big-1"}, "blob": "x" * 3_000_000})
-    too_big = json.dumps({"payload": {"type": "ALL_CACHE_INVALID", "eventId": "huge-1"},
-                          "blob": "y" * (3 * 1024 * 1024 + 10)})
+    too_big = json.dumps(
+        {"payload": {"type": "ALL_CACHE_INVALID", "eventId": "huge-1"}, "blob": "y" * (3 * 1024 * 1024 + 10)}
+    )
     # When a 3 MB frame, a 3 MiB + frame and a small one arrive
     rabbit_publish(big)
     rabbit_publish(too_big)
@@ -113,8 +129,11 @@ def test_three_megabyte_frame_is_dispatched_and_an_oversize_one_refused(
 
 
 def test_server_drop_reconnects_resubscribes_and_sends_the_gap_policy(
-    make_listener: Callable[..., Listener], rabbit: dict[str, Any], rabbit_vhost: str,
-    rabbit_publisher: Callable[..., Callable[[str | bytes], None]], queues: BrokerQueues,
+    make_listener: Callable[..., Listener],
+    rabbit: dict[str, Any],
+    rabbit_vhost: str,
+    rabbit_publisher: Callable[..., Callable[[str | bytes], None]],
+    queues: BrokerQueues,
 ) -> None:
     # Given a listener on a vhost of the tests' own
     listener = make_listener(**(rabbit | {"WEBSOCKET_CLIENT_STOMP_HOST": rabbit_vhost}))
@@ -133,8 +152,10 @@ def test_server_drop_reconnects_resubscribes_and_sends_the_gap_policy(
 
 
 def test_broker_outage_spools_then_replays_everything_in_order(
-    make_listener: Callable[..., Listener], rabbit: dict[str, Any],
-    rabbit_publish: Callable[[str | bytes], None], queue_prefix: str,
+    make_listener: Callable[..., Listener],
+    rabbit: dict[str, Any],
+    rabbit_publish: Callable[[str | bytes], None],
+    queue_prefix: str,
 ) -> None:
     import redis
 
@@ -145,7 +166,7 @@ def test_broker_outage_spools_then_replays_everything_in_order(
         listener = make_listener(CELERY_BROKER_URL=broker.url, WEBSOCKET_CLIENT_GAP_POLICY="none", **rabbit)
         wait_for(subscribed(listener), what="subscription")
         rabbit_publish(event("ALL_CACHE_INVALID", eventId="before"))
-        wait_for(lambda: queues.events(), what="first task")
+        wait_for(queues.events, what="first task")
         # When the broker goes away and events keep coming
         broker.stop()
         for i in range(10):
@@ -164,8 +185,10 @@ def test_broker_outage_spools_then_replays_everything_in_order(
 
 
 def test_token_never_appears_in_logs_even_at_debug(
-    make_listener: Callable[..., Listener], rabbit: dict[str, Any],
-    rabbit_publish: Callable[[str | bytes], None], queues: BrokerQueues,
+    make_listener: Callable[..., Listener],
+    rabbit: dict[str, Any],
+    rabbit_publish: Callable[[str | bytes], None],
+    queues: BrokerQueues,
 ) -> None:
     secret = "tok-9f8e7d6c5b4a-very-secret"
     stream = io.StringIO()
@@ -174,7 +197,7 @@ def test_token_never_appears_in_logs_even_at_debug(
         listener = make_listener(WEBSOCKET_CLIENT_TOKEN=secret, **rabbit)
         wait_for(subscribed(listener), what="subscription")
         rabbit_publish(event("ALL_CACHE_INVALID", eventId="logged"))
-        wait_for(lambda: queues.events(), what="task")
+        wait_for(queues.events, what="task")
         listener.stop(5)
     finally:
         logging.getLogger().removeHandler(handler)
@@ -184,14 +207,17 @@ def test_token_never_appears_in_logs_even_at_debug(
 
 
 def test_health_ready_and_metrics_endpoints(
-    make_listener: Callable[..., Listener], rabbit: dict[str, Any],
+    make_listener: Callable[..., Listener],
+    rabbit: dict[str, Any],
 ) -> None:
     listener = make_listener(**rabbit)
     wait_for(subscribed(listener), what="subscription")
     base = f"http://127.0.0.1:{listener.http_port}"
     with urllib.request.urlopen(base + "/healthz") as resp:
         assert resp.status == 200
-    ready = wait_for(lambda: _get(base + "/readyz") if _get(base + "/readyz")[0] == 200 else None, what="ready")
+    ready = wait_for(
+        lambda: _get(base + "/readyz") if _get(base + "/readyz")[0] == 200 else None, what="ready"
+    )
     assert json.loads(ready[1])["subscribed"] is True
     metrics = _get(base + "/metrics")[1]
     assert "proxysync_listener_connected 1.0" in metrics

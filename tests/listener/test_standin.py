@@ -1,4 +1,4 @@
-"""The listener against the Messenger stand-in, in each way of reaching it (SockJS-framed, raw, plain, auto)."""
+"""The listener against the Messenger stand-in, each way of reaching it (SockJS-framed, raw, plain, auto)."""
 
 from __future__ import annotations
 
@@ -49,32 +49,55 @@ MODES = {
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_each_transport_mode_delivers_events_as_tasks(
-    mode: str, messenger: MessengerServer, make_listener: Callable[..., Listener], topic: str,
+    mode: str,
+    messenger: MessengerServer,
+    make_listener: Callable[..., Listener],
+    topic: str,
     queues: BrokerQueues,
 ) -> None:
     endpoint, framing = MODES[mode]
-    listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url, WEBSOCKET_CLIENT_ENDPOINT=endpoint,
-                             WEBSOCKET_CLIENT_TRANSPORT=mode.removesuffix("-plain"))
+    listener = make_listener(
+        WEBSOCKET_CLIENT_BASEURL=messenger.url,
+        WEBSOCKET_CLIENT_ENDPOINT=endpoint,
+        WEBSOCKET_CLIENT_TRANSPORT=mode.removesuffix("-plain"),
+    )
     wait_for(subscribed(listener), what="subscription")
     assert listener.supervisor.session is not None
     assert listener.supervisor.session.transport.target.framing == framing
-    _publish_when_subscribed(messenger, topic, event("CACHE_CLEAR_SERVICE_INVALID", tenantId="t1",
-                                                     serviceName="svc", eventId=f"ev-{mode}"))
-    wait_for(lambda: queues.events(), what="the task")
+    _publish_when_subscribed(
+        messenger,
+        topic,
+        event("CACHE_CLEAR_SERVICE_INVALID", tenantId="t1", serviceName="svc", eventId=f"ev-{mode}"),
+    )
+    wait_for(queues.events, what="the task")
     (task,) = queues.events()
-    assert (task["name"], task["id"], task["kwargs"]["service_name"]) == (C.TASK_CLEAR_SERVICE, f"ev-{mode}", "svc")
+    assert (task["name"], task["id"], task["kwargs"]["service_name"]) == (
+        C.TASK_CLEAR_SERVICE,
+        f"ev-{mode}",
+        "svc",
+    )
 
 
 def test_sockjs_three_megabyte_frame_and_oversize_refused(
-    messenger: MessengerServer, make_listener: Callable[..., Listener], topic: str, queues: BrokerQueues,
+    messenger: MessengerServer,
+    make_listener: Callable[..., Listener],
+    topic: str,
+    queues: BrokerQueues,
 ) -> None:
     listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url, WEBSOCKET_CLIENT_TRANSPORT="sockjs")
     wait_for(subscribed(listener), what="subscription")
-    big = json.dumps({"payload": {"type": "ALL_CACHE_INVALID", "eventId": "big"}, "blob": "é" * 1_400_000}, ensure_ascii=False)
+    big = json.dumps(
+        {"payload": {"type": "ALL_CACHE_INVALID", "eventId": "big"}, "blob": "é" * 1_400_000},
+        ensure_ascii=False,
+    )
     assert 2_500_000 < len(big.encode()) < 3 * 1024 * 1024
     _publish_when_subscribed(messenger, topic, big)
-    messenger.publish(C.topic_destination(topic), json.dumps(
-        {"payload": {"type": "ALL_CACHE_INVALID", "eventId": "huge"}, "blob": "z" * (3 * 1024 * 1024)}))
+    messenger.publish(
+        C.topic_destination(topic),
+        json.dumps(
+            {"payload": {"type": "ALL_CACHE_INVALID", "eventId": "huge"}, "blob": "z" * (3 * 1024 * 1024)}
+        ),
+    )
     messenger.publish(C.topic_destination(topic), event("ALL_CACHE_INVALID", eventId="small"))
     wait_for(lambda: len(queues.events()) == 2, what="two tasks")
     assert [t["id"] for t in queues.events()] == ["big", "small"]
@@ -82,7 +105,10 @@ def test_sockjs_three_megabyte_frame_and_oversize_refused(
 
 
 def test_drop_reconnects_resubscribes_and_resyncs(
-    messenger: MessengerServer, make_listener: Callable[..., Listener], topic: str, queues: BrokerQueues,
+    messenger: MessengerServer,
+    make_listener: Callable[..., Listener],
+    topic: str,
+    queues: BrokerQueues,
 ) -> None:
     listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url)
     wait_for(subscribed(listener), what="subscription")
@@ -96,7 +122,9 @@ def test_drop_reconnects_resubscribes_and_resyncs(
 
 
 def test_stalled_server_is_detected_and_left(
-    messenger: MessengerServer, make_listener: Callable[..., Listener], caplog: pytest.LogCaptureFixture,
+    messenger: MessengerServer,
+    make_listener: Callable[..., Listener],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Given a 1 s liveness budget (STOMP heart-beats + WebSocket ping/read-idle)
     listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url, WEBSOCKET_CLIENT_HEARTBEAT=1000)
@@ -111,13 +139,18 @@ def test_stalled_server_is_detected_and_left(
 
 
 def test_auth_failure_then_success_with_a_rotated_token_file(
-    secured_messenger: MessengerServer, make_listener: Callable[..., Listener], tmp_path: Path,
-    topic: str, queues: BrokerQueues, caplog: pytest.LogCaptureFixture,
+    secured_messenger: MessengerServer,
+    make_listener: Callable[..., Listener],
+    tmp_path: Path,
+    topic: str,
+    queues: BrokerQueues,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("wrong-token-value\n")
-    listener = make_listener(WEBSOCKET_CLIENT_BASEURL=secured_messenger.url,
-                             WEBSOCKET_CLIENT_TOKEN_FILE=str(token_file))
+    listener = make_listener(
+        WEBSOCKET_CLIENT_BASEURL=secured_messenger.url, WEBSOCKET_CLIENT_TOKEN_FILE=str(token_file)
+    )
     # When the Messenger refuses the token: counted, logged, retried with backoff
     wait_for(lambda: listener.metrics.value("proxysync_listener_auth_failures") >= 2, what="auth failures")
     assert listener.supervisor.subscriptions == 0
@@ -133,12 +166,17 @@ def test_auth_failure_then_success_with_a_rotated_token_file(
 class _TokenEndpoint(BaseHTTPRequestHandler):
     issued: list[str] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         form = self.rfile.read(length).decode()
-        ok = "grant_type=client_credentials" in form and self.headers.get("Authorization", "").startswith("Basic ")
-        body = json.dumps({"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600} if ok else
-                          {"error": "invalid_client"}).encode()
+        ok = "grant_type=client_credentials" in form and self.headers.get("Authorization", "").startswith(
+            "Basic "
+        )
+        body = json.dumps(
+            {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600}
+            if ok
+            else {"error": "invalid_client"}
+        ).encode()
         self.issued.append(TOKEN if ok else "")
         self.send_response(200 if ok else 401)
         self.send_header("Content-Type", "application/json")
@@ -151,7 +189,9 @@ class _TokenEndpoint(BaseHTTPRequestHandler):
 
 
 def test_oauth2_client_credentials_token_is_fetched_once_and_used(
-    secured_messenger: MessengerServer, make_listener: Callable[..., Listener], topic: str,
+    secured_messenger: MessengerServer,
+    make_listener: Callable[..., Listener],
+    topic: str,
     queues: BrokerQueues,
 ) -> None:
     _TokenEndpoint.issued = []
@@ -161,7 +201,9 @@ def test_oauth2_client_credentials_token_is_fetched_once_and_used(
         listener = make_listener(
             WEBSOCKET_CLIENT_BASEURL=secured_messenger.url,
             IAM_TOKEN_URL=f"http://127.0.0.1:{iam.server_address[1]}/oauth/token",
-            IAM_CLIENT_ID="proxysync", IAM_CLIENT_SECRET="client-secret-xyz")
+            IAM_CLIENT_ID="proxysync",
+            IAM_CLIENT_SECRET="client-secret-xyz",
+        )
         wait_for(subscribed(listener), what="subscription")
         # A drop and reconnect reuses the cached token
         secured_messenger.drop_all()
