@@ -31,7 +31,7 @@ from cache.store import redis_errors
 log = logging.getLogger(__name__)
 
 DEAD_MAXLEN = 10_000
-REASONS = ("permanent", "exhausted", "poison", "refused")
+REASONS = ("permanent", "exhausted", "poison", "refused", "unknown")
 
 
 @dataclass(frozen=True)

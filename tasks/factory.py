@@ -11,12 +11,13 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_shutdown, worker_shutdown
+from celery.signals import task_rejected, task_unknown, worker_init, worker_process_shutdown, worker_shutdown
 
 import celeryconfig
+from tasks import deadletter
 from tasks.base import ProxysyncTask, policy
 from tasks.invalidations import TASKS
-from tasks.metrics import MetricsServer, child_exited
+from tasks.metrics import MetricsServer, child_exited, metrics
 from tasks.runtime import Runtime
 from tasks.settings import WorkerSettings
 
@@ -39,7 +40,7 @@ def create_app(settings: WorkerSettings | None = None, *, queue_prefix: str | No
     base = type("ProxysyncTask", (ProxysyncTask,), {"abstract": True, **policy(settings)})
     app.proxysync_base = base
     for name, fun in TASKS.items():
-        app.task(name=name, base=base, bind=True)(fun)
+        app.task(name=name, base=base, bind=True, shared=False)(fun)  # shared: every app ever finalized
     return app
 
 
@@ -79,3 +80,39 @@ def _stop_metrics(sender: Any = None, **_: Any) -> None:
 @worker_process_shutdown.connect(weak=False)
 def _child_exit(pid: int | None = None, **_: Any) -> None:
     child_exited(pid or os.getpid())
+
+
+def _refused(sender: Any, message: Any, exc: BaseException | None, reason: str) -> None:
+    """Dead-letter a message the worker discards undecoded (content type refused, malformed, unknown task)."""
+    rt = _ours(sender)
+    if rt is None:
+        return
+    headers = getattr(message, "headers", None) or {}
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    if reason == "unknown":  # decodable (JSON), just not a task this worker has: keep the arguments for replay
+        try:
+            body_args, body_kwargs, _embed = message.decode()
+            args, kwargs = list(body_args), dict(body_kwargs)
+        except Exception:  # noqa: S110 - proto1 or malformed: record without arguments
+            pass
+    letter = deadletter.DeadLetter(
+        task=str(headers.get("task") or "?"), task_id=str(headers.get("id") or "?"), kwargs=kwargs, args=args,
+        reason=reason,
+        error=f"{type(exc).__name__}: {exc} (content type {getattr(message, 'content_type', '?')})"[:2000],
+        attempts=1, queue=str((getattr(message, "delivery_info", None) or {}).get("routing_key") or ""),
+        hostname=str(getattr(sender, "hostname", "") or ""),
+    )
+    deadletter.record(rt.redis, rt.prefix, rt.settings.dead_spool(), letter)
+    metrics().dead_letters.labels(task=letter.task, reason=reason).inc()
+
+
+@task_rejected.connect(weak=False)
+def _on_rejected(sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+    if exc is not None:
+        _refused(sender, message, exc, "refused")
+
+
+@task_unknown.connect(weak=False)
+def _on_unknown(sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+    _refused(sender, message, exc, "unknown")

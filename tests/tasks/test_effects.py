@@ -105,3 +105,27 @@ def test_feed_entries_carry_event_and_timing(h: Harness) -> None:
     for e in entries:
         assert e.applied_at_ms / 1000 >= float(e.extra["event_time"]) + 1.5 - 0.5
     wait_until(lambda: True)
+
+
+def test_pickle_message_is_refused_and_dead_lettered(h: Harness) -> None:
+    # Given a message in a content type other than JSON (pickle runs code when loaded)
+    tenant, app = _ids()
+    [key] = _seed(h, tenant, app, 1)
+    ev = f"ev-pickle-{uuid.uuid4().hex[:8]}"
+    h.app.send_task(C.TASK_DELETE, kwargs={"key": key, "event_id": ev}, task_id=ev, serializer="pickle")
+    # When the worker has received it (it handles a JSON task sent after it)
+    after = h.send(C.TASK_DELETE, key=f"{tenant}#{app}#/other#CONFIG#production")
+    h.outcomes.wait_done(after)
+    # Then it was never run, and a dead letter says why
+    letter = wait_until(lambda: [d for d in h.dead() if d["task_id"] == ev], what="the dead letter")[0]
+    assert letter["reason"] == "refused" and "ContentDisallowed" in letter["error"]
+    assert h.cache.get(key) == {"route": key}
+    assert ev not in h.outcomes.done and not h.feed(ev)
+
+
+def test_unknown_task_name_is_dead_lettered_with_its_arguments(h: Harness) -> None:
+    ev = f"ev-unknown-{uuid.uuid4().hex[:8]}"
+    h.app.send_task("proxysync.cache.no_such_task", kwargs={"event_id": ev}, task_id=ev,
+                    queue=h.app.conf.task_default_queue)
+    letter = wait_until(lambda: [d for d in h.dead() if d["task_id"] == ev], what="the dead letter")[0]
+    assert letter["reason"] == "unknown" and '"event_id"' in letter["kwargs"]
