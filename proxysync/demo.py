@@ -8,6 +8,7 @@ goes last so the earlier events have something to remove.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -110,6 +111,48 @@ def publish(messenger_url: str, topic: str, body: dict[str, Any], token: str | N
             raise urllib.error.HTTPError(req.full_url, resp.status, "publish refused", resp.headers, None)
 
 
+# Celery task event type -> the state it means (https://docs.celeryq.dev/en/stable/userguide/monitoring.html).
+EVENT_STATES = {"task-received": "RECEIVED", "task-started": "STARTED", "task-succeeded": "SUCCESS",
+                "task-failed": "FAILURE", "task-retried": "RETRY", "task-rejected": "REJECTED"}
+FINAL_STATES = ("SUCCESS", "FAILURE", "REJECTED")
+
+
+class TaskStates:
+    """Follows the workers' task events (``worker -E``) in a thread: task id -> latest state."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.states: dict[str, str] = {}
+        self.receiver: Any = None
+        self.thread = threading.Thread(target=self._run, name="demo-task-events", daemon=True)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        state = EVENT_STATES.get(str(event.get("type")))
+        uid = event.get("uuid")
+        if state and isinstance(uid, str) and self.states.get(uid) not in FINAL_STATES:
+            self.states[uid] = state
+
+    def _run(self) -> None:
+        try:
+            with self.app.connection_for_read() as conn:
+                self.receiver = self.app.events.Receiver(conn, handlers={"*": self._on_event})
+                self.receiver.capture(limit=None, timeout=None, wakeup=False)
+        except Exception:  # noqa: S110 - the states are informative; the feed is the proof
+            pass
+
+    def start(self) -> TaskStates:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self.receiver is not None:
+            self.receiver.should_stop = True
+        self.thread.join(2)
+
+    def get(self, task_id: str) -> str | None:
+        return self.states.get(task_id)
+
+
 class Demo:
     def __init__(self, stack: Stack, *, event_timeout: float, out: Callable[[str], None]) -> None:
         self.stack = stack
@@ -118,6 +161,7 @@ class Demo:
         self.client = redis.Redis.from_url(stack.cache_url)
         self.prefix = stack.settings.cache_prefix
         self.cache = RouteAuthCache(self.client, prefix=self.prefix, ttl=3600.0)
+        self.states = TaskStates(stack.celery_app()).start()
 
     def tick(self, delay: float = 0.0) -> None:
         self.stack.supervise()
@@ -140,13 +184,20 @@ class Demo:
         """The listener's gap policy resyncs on its first subscription; let that land before seeding."""
         if self.stack.settings.websocket_client_gap_policy == "none":
             return
-        entry = self.find(f"{self.stack.started_ms}-0", time.monotonic() + min(self.timeout, 15.0),
-                          lambda e: e.op is Op.INVALIDATE_ALL)
+        # Both halves: a later refresh must be ours, and the invalidate_all must not wipe the seed.
+        seen: dict[Op, str] = {}
+
+        def both(e: FeedEntry) -> bool:
+            if e.op in (Op.INVALIDATE_ALL, Op.ROUTES_REFRESH):
+                seen.setdefault(e.op, e.id)
+            return len(seen) == 2
+
+        entry = self.find(f"{self.stack.started_ms}-0", time.monotonic() + min(self.timeout, 15.0), both)
         if entry is None:
-            self.out("demo: no start-up resync seen on the feed (gap policy); seeding anyway")
+            self.out(f"demo: start-up resync (gap policy) not seen complete: {seen}; seeding anyway")
         else:
-            self.out("demo: listener start-up resync applied "
-                     f"(gap policy 'resync': invalidate_all, feed entry {entry.id})")
+            self.out("demo: listener start-up resync applied (gap policy 'resync': invalidate_all feed "
+                     f"entry {seen[Op.INVALIDATE_ALL]}, routes_refresh {seen[Op.ROUTES_REFRESH]})")
 
     def seed(self) -> list[tuple[str, ...]]:
         for row in SEED:
@@ -162,17 +213,13 @@ class Demo:
     def present(self, rows: Sequence[tuple[str, ...]]) -> int:
         return sum(1 for r in rows if self.cache.get(seed_key(r)) is not None)
 
-    def task_state(self, task_id: str) -> str | None:
-        app = self.stack._celery  # the app the readiness probe built from celeryconfig
-        if app is None or not app.conf.result_backend:
-            return None
-        try:
-            from celery.result import AsyncResult
-
-            state: str = AsyncResult(task_id, app=app).state
-            return state
-        except Exception:  # the state is informative only
-            return None
+    def task_state(self, task_id: str) -> str:
+        """The task's Celery state as the worker's task events reported it (the tasks keep no results)."""
+        deadline = time.monotonic() + 2.0  # task-succeeded is sent just after the feed entry is written
+        while self.states.get(task_id) not in FINAL_STATES and time.monotonic() < deadline:
+            self.tick(0.05)
+        state = self.states.get(task_id)
+        return f"{state} (worker task event)" if state else "applied (no task event seen)"
 
     def run_one(self, n: int, ev: DemoEvent) -> bool:
         scope = [r for r in SEED if ev.in_scope(r)]
@@ -197,9 +244,11 @@ class Demo:
                      f"(see {self.stack.run_dir}/listener.log and worker.log)")
             return False
         applied_ms = entry.applied_at_ms if entry is not None and entry.applied_at_ms else time.time() * 1000
-        state = self.task_state(event_id) or "applied"
+        state = self.task_state(event_id)
         where = (f"feed entry {entry.id} (op={entry.op.value}, removed={entry.removed})" if entry is not None
                  else "dedup marker set")
+        if entry is not None and entry.event_id != event_id:
+            where += f", coalesced with {entry.event_id}"
         self.out(f"      applied    task state {state}; {where}")
         self.out(f"      entries    in scope {before_scope} -> {self.present(scope)}, "
                  f"whole cache {before_total} -> {self.cache.count()}")
@@ -234,4 +283,5 @@ def run_demo(stack: Stack, *, event_timeout: float, out: Callable[[str], None]) 
         out(f"demo: FAILED: {exc}")
         return False
     finally:
+        demo.states.stop()
         demo.client.close()

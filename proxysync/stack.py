@@ -61,7 +61,9 @@ class StackSettings(BaseSettings):
 
 
 def port_or_free(preferred: int) -> int:
-    """``preferred`` when nothing listens on it, else a free port."""
+    """``preferred`` when nothing listens on it, else a free port (also for 0)."""
+    if preferred <= 0:
+        return free_port()
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", preferred))
@@ -87,7 +89,9 @@ class Child:
     where: str
     probe: Callable[[], bool]
     log: Path
+    after: str | None = None  # started once this child is ready (the listener waits for the Messenger)
     proc: subprocess.Popen[bytes] | None = None
+    given_up: bool = False
     started: float = 0.0
     ready_at: float | None = None
     deaths: deque[float] = field(default_factory=deque)
@@ -188,6 +192,8 @@ class Stack:
         }
         if s.messenger_token:
             overrides["WEBSOCKET_CLIENT_TOKEN"] = s.messenger_token
+        if not os.environ.get("WEBSOCKET_CLIENT_RETRY_INTERVAL"):
+            overrides["WEBSOCKET_CLIENT_RETRY_INTERVAL"] = "1000"  # reconnect to a restarted stand-in fast
         # The children get it, and so does this process (celeryconfig reads the environment when imported).
         os.environ.update(overrides)
         self.env = dict(os.environ)
@@ -200,7 +206,7 @@ class Stack:
                   "POST /publish)", lambda: http_ok(f"{self.messenger_url}/healthz"), log("messenger.log")),
             Child("listener", [py, "-m", "listener"],
                   f"{self.listener_url}/metrics  (/healthz, /readyz)",
-                  lambda: http_ok(f"{self.listener_url}/readyz"), log("listener.log")),
+                  lambda: http_ok(f"{self.listener_url}/readyz"), log("listener.log"), after="messenger"),
             Child("worker", [py, "-m", "celery", "-A", "tasks", "worker", "-E", "-n", self.node,
                              "-Q", ",".join(self.queues), "-c", str(self.concurrency), "--loglevel", "INFO"],
                   f"node {self.node}, queues {','.join(self.queues)}, "
@@ -215,16 +221,20 @@ class Stack:
                                         if os.environ.get("FLOWER_BASIC_AUTH") else ""),
                 lambda: http_ok(f"{self.flower_url}/healthcheck"), log("flower.log")))
 
+    def celery_app(self) -> Any:
+        """A Celery app configured like the children (celeryconfig), for pings and task events."""
+        if self._celery is None:
+            from celery import Celery
+
+            app = Celery("proxysync-up", set_as_current=False)
+            app.config_from_object("celeryconfig")
+            app.conf.broker_url = self.broker_url
+            self._celery = app
+        return self._celery
+
     def _worker_pong(self) -> bool:
         try:
-            if self._celery is None:
-                from celery import Celery
-
-                app = Celery("proxysync-up", set_as_current=False)
-                app.config_from_object("celeryconfig")
-                app.conf.broker_url = self.broker_url
-                self._celery = app
-            replies = self._celery.control.ping(destination=[self.node], timeout=0.5)
+            replies = self.celery_app().control.ping(destination=[self.node], timeout=0.5)
         except Exception:  # a broker hiccup just means "not yet"
             return False
         return any(self.node in reply for reply in replies or [])
@@ -237,11 +247,23 @@ class Stack:
         self.started_ms = int(time.time() * 1000) - 1  # feed entries (stream ids) after this are ours
         self.build()
         for child in self.children:
-            child.start(self.env)
-            self.out(f"  {child.name:<10} {child.where}  [pid {child.proc.pid if child.proc else '?'}]")
+            self.out(f"  {child.name:<10} {child.where}")
+        self.start_due()
+        kp = os.environ.get("CELERY_BROKER_KEYPREFIX")
+        keyprefix = f" CELERY_BROKER_KEYPREFIX={kp}" if kp else ""
         self.out(f"  status     LISTENER_URL={self.listener_url} CELERY_BROKER_URL={self.broker_url} "
                  f"CACHE_REDIS_URL={self.cache_url} CACHE_PREFIX={self.settings.cache_prefix} "
-                 f"{C.QUEUE_PREFIX_ENV}={self.settings.proxysync_queue_prefix} proxysync status")
+                 f"{C.QUEUE_PREFIX_ENV}={self.settings.proxysync_queue_prefix}{keyprefix} proxysync status")
+
+    def start_due(self) -> None:
+        """Start every child not started yet whose ``after`` is ready."""
+        ready = {c.name for c in self.children if c.ready_at is not None}
+        for child in self.children:
+            if child.proc is None and not child.given_up and (child.after is None or child.after in ready):
+                child.start(self.env)
+                pid = child.proc.pid if child.proc else "?"
+                self.out(f"started: {child.name:<10} pid {pid}" + (f" ({child.after} is ready)" if child.after
+                                                                    else ""))
 
     def wait_ready(self, timeout: float) -> bool:
         """Probe every child until all are ready; print each as it comes up."""
@@ -253,9 +275,10 @@ class Stack:
                 return False
             pending = [c for c in self.children if c.ready_at is None]
             for child in pending:
-                if child.exited() is None and child.probe():
+                if child.proc is not None and child.exited() is None and child.probe():
                     child.ready_at = time.monotonic()
                     self.out(f"ready: {child.name:<10} after {child.ready_at - t0:5.1f}s")
+                    self.start_due()
             if all(c.ready_at is not None for c in self.children):
                 self.out(f"ready: all {len(self.children)} processes up in {time.monotonic() - t0:.1f}s"
                          + (f"; Flower at {self.flower_url}" if self.with_flower else ""))
@@ -269,6 +292,13 @@ class Stack:
                 return False
             self.stop.wait(0.2)
         return False
+
+    def probe_pending(self) -> None:
+        """After a restart: say when the child is ready again."""
+        for child in self.children:
+            if child.ready_at is None and child.proc is not None and child.exited() is None and child.probe():
+                child.ready_at = time.monotonic()
+                self.out(f"ready again: {child.name} after {child.ready_at - child.started:.1f}s")
 
     def supervise(self) -> None:
         """Report (and restart, within limits) children that died; set ``failed`` when giving up."""
@@ -285,7 +315,7 @@ class Stack:
             if len(child.deaths) > MAX_DEATHS:
                 self.failed = f"{child.name} died {len(child.deaths)} times within {DEATH_WINDOW:.0f}s"
                 self.out(f"giving up: {self.failed}")
-                child.proc = None
+                child.proc, child.given_up = None, True
                 continue
             self.out(f"restarting {child.name} ({len(child.deaths)}/{MAX_DEATHS})")
             child.start(self.env)
@@ -357,6 +387,7 @@ def up(  # noqa: PLR0917 - click passes options positionally
             out("running: Ctrl-C to stop")
             while not stop.wait(0.5):
                 stack.supervise()
+                stack.probe_pending()
                 if stack.failed:
                     rc = 1
                     break

@@ -39,6 +39,7 @@ class StatusSettings(BaseSettings):
     cache_redis_url: str | None = None  # defaults to the broker's Redis
     cache_prefix: str = DEFAULT_PREFIX
     proxysync_queue_prefix: str = C.DEFAULT_QUEUE_PREFIX
+    celery_broker_keyprefix: str = ""  # the Redis transport's global_keyprefix (celeryconfig)
 
     def cache_url(self) -> str:
         if self.cache_redis_url:
@@ -79,7 +80,7 @@ def listener_health(base: str, timeout: float) -> dict[str, Any]:
             "error": hbody if healthz is None else None}
 
 
-def queue_depths(broker_url: str, queues: list[str], timeout: float) -> dict[str, Any]:
+def queue_depths(broker_url: str, queues: list[str], timeout: float, keyprefix: str = "") -> dict[str, Any]:
     """Messages waiting per queue: Redis LLEN of kombu's lists, or AMQP passive declare."""
     depths: dict[str, int | None] = {}
     try:
@@ -87,7 +88,8 @@ def queue_depths(broker_url: str, queues: list[str], timeout: float) -> dict[str
             client = redis.Redis.from_url(broker_url, socket_connect_timeout=timeout, socket_timeout=timeout)
             try:
                 for q in queues:
-                    names = [q] + [f"{q}{REDIS_PRIORITY_SEP}{p}" for p in REDIS_PRIORITY_STEPS]
+                    names = [f"{keyprefix}{q}"] + [f"{keyprefix}{q}{REDIS_PRIORITY_SEP}{p}"
+                                                   for p in REDIS_PRIORITY_STEPS]
                     depths[q] = sum(int(client.llen(n)) for n in names)  # type: ignore[arg-type,misc]
             finally:
                 client.close()
@@ -147,7 +149,7 @@ def collect(settings: StatusSettings, *, timeout: float = 1.0) -> dict[str, Any]
     queues = settings.queues()
     report: dict[str, Any] = {
         "listener": listener_health(settings.listener_url, timeout),
-        "broker": queue_depths(settings.celery_broker_url, queues, timeout),
+        "broker": queue_depths(settings.celery_broker_url, queues, timeout, settings.celery_broker_keyprefix),
         "workers": workers_online(settings.celery_broker_url, queues, timeout),
         "cache": cache_figures(settings.cache_url(), settings.cache_prefix, timeout),
     }
