@@ -241,7 +241,8 @@ class FeedFollower:
         # the read blocks up to block_ms; a dead peer is noticed within 5 s after that
         kwargs["socket_timeout"] = self.block_ms / 1000 + 5
         kwargs["socket_connect_timeout"] = min(kwargs.get("socket_connect_timeout") or 5.0, 5.0)
-        kwargs["socket_keepalive"] = True
+        if "socket_keepalive" in kwargs:  # TCP only (a unix-socket connection has no such option)
+            kwargs["socket_keepalive"] = True
         kwargs["client_name"] = f"proxysync-feed-follower-{self.name}"
         conn = pool.connection_class(**kwargs)
         conn.connect()
