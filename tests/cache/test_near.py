@@ -146,7 +146,8 @@ def test_redis_reconnect_drops_everything_and_bypasses_local_until_back(
         with pytest.raises(CacheUnavailableError):
             near.get(K1)
         # When Redis comes back (empty: it persisted nothing), the follower follows again from its tail
-        server = RedisServer(port=server.port).start()
+        first, server = server, RedisServer(port=server.port).start()
+        first.cleanup()
         wait_until(lambda: near.following, "the follower to reconnect", timeout=20)
         gaps = near.stats()["gaps"]
         assert gaps == {"connection_lost": 1, "reconnect": 1}
