@@ -258,8 +258,17 @@ class MessengerApp:
         return False
 
     async def _deliver(self, sends: list[tuple[str, bytes]]) -> None:
-        targets = [(self.conns.get(sid), data) for sid, data in sends]
-        await asyncio.gather(*(self._send_stomp(c, d) for c, d in targets if c is not None))
+        """In order within a session (a MESSAGE before the RECEIPT after it), concurrently across sessions."""
+        per_session: dict[str, list[bytes]] = {}
+        for sid, data in sends:
+            per_session.setdefault(sid, []).append(data)
+
+        async def _in_order(conn: _Connection, frames: list[bytes]) -> None:
+            for data in frames:
+                await self._send_stomp(conn, data)
+
+        await asyncio.gather(*(_in_order(conn, frames) for sid, frames in per_session.items()
+                               if (conn := self.conns.get(sid)) is not None))
 
     async def _send_stomp(self, conn: _Connection, data: bytes) -> None:
         if self.stalled:
