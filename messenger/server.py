@@ -285,7 +285,7 @@ class MessengerApp:
 
     async def _write(self, conn: _Connection, data: str | bytes) -> None:
         async with conn.lock:
-            if conn.ws.closed:
+            if conn.ws.closed or self.stalled:  # stalled: nothing at all leaves, not even SockJS "o"
                 return
             try:
                 if isinstance(data, str):
