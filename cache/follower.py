@@ -32,7 +32,7 @@ import redis
 import redis.exceptions as rex
 
 from cache.feed import FeedEntry
-from cache.names import feed_stream
+from cache.names import Op, feed_stream
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,12 @@ def parse_xread(reply: Any) -> list[FeedEntry]:
         for eid, flat in entries:
             pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
             fields = dict(pairs)
-            out.append(FeedEntry.from_stream(eid, fields))
+            try:
+                out.append(FeedEntry.from_stream(eid, fields))
+            except (KeyError, ValueError):  # a change this version cannot scope: it may cover anything
+                log.warning("feed entry %s is not understood (%r); treating it as invalidate_all", _s(eid),
+                            {_s(k): _s(v) for k, v in fields.items()})
+                out.append(FeedEntry(id=_s(eid), op=Op.INVALIDATE_ALL, extra={"not_understood": "1"}))
     return out
 
 

@@ -49,6 +49,12 @@ def test_parse_xread_resp2_resp3_and_timeout() -> None:
     assert parse_xread(None) == []
 
 
+def test_an_entry_not_understood_is_treated_as_invalidate_all() -> None:
+    entries = [[b"9-0", [b"op", b"purge_region", b"region", b"eu"]], [b"9-1", [b"x", b"1"]]]
+    got = parse_xread([[b"p:feed", entries]])
+    assert [(e.id, e.op) for e in got] == [("9-0", Op.INVALIDATE_ALL), ("9-1", Op.INVALIDATE_ALL)]
+
+
 def test_parse_id_orders_numerically() -> None:
     assert parse_id("10-0") > parse_id("9-99")
     assert parse_id("5") == (5, 0)
