@@ -1,18 +1,22 @@
 """Every Celery setting, read from the environment (see README "Celery settings").
 
-Loaded by ``tasks.app`` (``celery -A tasks worker|flower``) and by anything that sends tasks by name. Values are read
-once, when this module is first imported. Why each non-default value:
+Loaded by ``tasks.app`` (``celery -A tasks worker|flower``) and by anything that sends tasks by name. Values
+are read once, when this module is first imported. Why each non-default value:
 
-* JSON only, both ways: a message in any other content type (pickle!) is refused by the worker, never executed.
-* ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after its task finished, and
-  one whose worker process died (``kill -9``, OOM) goes back to the queue. Tasks are idempotent (``event_id``), so a
-  second delivery is harmless; a message that keeps killing workers is dead-lettered (see ``tasks.base``).
-* ``worker_prefetch_multiplier`` 1: tasks are short; a worker must not hoard messages another worker could run now.
-* ``task_ignore_result`` unless ``CELERY_RESULT_BACKEND`` is set: the listener never waits for results, and a Redis
-  result backend whose server is gone makes ``send_task`` block for ~19 s.
-* Redis ``visibility_timeout`` (default 120 s) must exceed the longest time a reserved message can stay unacknowledged:
-  the retry countdown cap (``TASK_RETRY_BACKOFF_MAX``, 30 s) plus the task time limit (60 s). It is also how long the
-  messages of a worker that died as a whole wait before Redis redelivers them — keep it no larger than that.
+* JSON only, both ways: a message in any other content type (pickle!) is refused by the worker, never
+  executed.
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only after its task finished,
+  and one whose worker process died (``kill -9``, OOM) goes back to the queue. Tasks are idempotent
+  (``event_id``), so a second delivery is harmless; a message that keeps killing workers is dead-lettered (see
+  ``tasks.base``).
+* ``worker_prefetch_multiplier`` 1: tasks are short; a worker must not hoard messages another worker could run
+  now.
+* ``task_ignore_result`` unless ``CELERY_RESULT_BACKEND`` is set: the listener never waits for results, and a
+  Redis result backend whose server is gone makes ``send_task`` block for ~19 s.
+* Redis ``visibility_timeout`` (default 120 s) must exceed the longest time a reserved message can stay
+  unacknowledged: the retry countdown cap (``TASK_RETRY_BACKOFF_MAX``, 30 s) plus the task time limit (60 s).
+  It is also how long the messages of a worker that died as a whole wait before Redis redelivers them — keep
+  it no larger than that.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from kombu import Exchange, Queue
+from kombu import Exchange, Queue  # type: ignore[attr-defined]
 
 from proxysync.constants import QUEUE_INVALIDATIONS, QUEUE_ROUTES, TASK_ROUTES_REFRESH, queue_name
 
@@ -38,8 +42,8 @@ def routing(prefix: str | None = None) -> dict[str, Any]:
     inv, routes = queue_name(QUEUE_INVALIDATIONS, prefix), queue_name(QUEUE_ROUTES, prefix)
     return {
         "task_queues": (
-            Queue(inv, Exchange(inv, type="direct"), routing_key=inv),
-            Queue(routes, Exchange(routes, type="direct"), routing_key=routes),
+            Queue(inv, Exchange(inv, type="direct"), routing_key=inv),  # type: ignore[no-untyped-call]
+            Queue(routes, Exchange(routes, type="direct"), routing_key=routes),  # type: ignore[no-untyped-call]
         ),
         "task_default_queue": inv,
         "task_default_exchange": inv,
@@ -52,7 +56,7 @@ def routing(prefix: str | None = None) -> dict[str, Any]:
 
 
 def transport_options(url: str) -> dict[str, Any]:
-    """Broker transport options for the broker's scheme (Redis: visibility timeout, key prefix; AMQP: confirms)."""
+    """Broker transport options by scheme (Redis: visibility timeout, key prefix; AMQP: confirms)."""
     if url.startswith(("redis://", "rediss://", "unix://")):
         opts: dict[str, Any] = {
             "visibility_timeout": int(_env("CELERY_VISIBILITY_TIMEOUT", "120")),

@@ -3,9 +3,10 @@
 Policy (declared once; the values come from :class:`tasks.settings.WorkerSettings` when the app is built):
 
 * retry only transient errors (``autoretry_for=TRANSIENT``: the cache Redis unreachable), exponential backoff
-  (``retry_backoff`` * 2**n seconds, capped at ``retry_backoff_max``, full jitter), at most ``max_retries`` retries;
-* ``acks_late`` + ``reject_on_worker_lost``: a message is acknowledged only once its task has finished, and goes back
-  to the queue when the process running it dies;
+  (``retry_backoff`` * 2**n seconds, capped at ``retry_backoff_max``, full jitter), at most ``max_retries``
+  retries;
+* ``acks_late`` + ``reject_on_worker_lost``: a message is acknowledged only once its task has finished, and
+  goes back to the queue when the process running it dies;
 * every way of giving up is dead-lettered (:mod:`tasks.deadletter`), including a poison message: one whose
   deliveries keep dying with their worker process (counted per task id in Redis, ``TASK_MAX_DELIVERIES``).
 """
@@ -90,12 +91,13 @@ class ProxysyncTask(Task):  # type: ignore[misc]
         try:
             poison = n > rt.settings.task_max_deliveries
             if poison:
-                self._dead("poison", f"delivered {n} times without finishing (its worker process died each time)")
+                why = f"delivered {n} times without finishing (its worker process died each time)"
+                self._dead("poison", why)
             yield poison
         finally:
             try:
                 rt.redis.delete(key)
-            except Exception:  # noqa: BLE001 - best effort; the key expires anyway
+            except Exception:  # best effort; the key expires anyway
                 log.debug("could not remove %s", key)
 
     def _flush_spool(self, rt: Runtime) -> None:
@@ -110,7 +112,8 @@ class ProxysyncTask(Task):  # type: ignore[misc]
         with self.delivery() as poison:
             if poison:
                 return {"dead": True}
-            return self.apply_now(op, event_id=event_id, event_time=event_time, feed_fields=feed_fields, **scope)
+            return self.apply_now(op, event_id=event_id, event_time=event_time, feed_fields=feed_fields,
+                                  **scope)
 
     def apply_now(self, op: Op, *, event_id: str | None, event_time: float,
                   feed_fields: dict[str, str] | None = None, **scope: str) -> dict[str, Any]:
@@ -148,7 +151,8 @@ class ProxysyncTask(Task):  # type: ignore[misc]
         req = self.request
         rt = self.runtime
         letter = deadletter.DeadLetter(
-            task=self.name, task_id=str(req.id), kwargs=dict(kwargs if kwargs is not None else req.kwargs or {}),
+            task=self.name, task_id=str(req.id),
+            kwargs=dict(kwargs if kwargs is not None else req.kwargs or {}),
             args=list(args if args is not None else req.args or []), reason=reason, error=error[:2000],
             attempts=int(req.retries or 0) + 1, queue=str((req.delivery_info or {}).get("routing_key") or ""),
             hostname=str(req.hostname or socket.gethostname()),
@@ -165,7 +169,8 @@ def check_time(event_time: object) -> float:
     if event_time is None:
         return time.time()
     if isinstance(event_time, bool) or not isinstance(event_time, int | float):
-        raise BadArgumentsError(f"event_time must be epoch seconds (a number), not {type(event_time).__name__}")
+        kind = type(event_time).__name__
+        raise BadArgumentsError(f"event_time must be epoch seconds (a number), not {kind}")
     return float(event_time)
 
 

@@ -4,15 +4,15 @@ State (under the cache prefix; all keys passed as KEYS)::
 
     {p}:rr:window        the open window: value = id of the refresh that opened it, expires after the window
     {p}:rr:pending       hash {id, t, n}: refreshes requested while the window was open (first id/time, count)
-    {p}:rr:trail:{id}    a trailing refresh claimed but maybe not yet announced (so a redelivery still announces)
+    {p}:rr:trail:{id}    a trailing refresh claimed, maybe not yet announced (a redelivery still announces)
     {p}:done:{id}        the cache library's applied-event marker (an announced refresh)
 
 A request when no window is open (or it is the window's own opener, redelivered) *leads*: it opens the window,
-clears ``pending`` (its own announcement, made right after, covers those) and announces. Otherwise it is folded
-into ``pending``; the first one folded schedules a *trailing* refresh for when the window closes. The trailing
-refresh claims ``pending`` (opening a new window) and announces. So a burst inside one window yields at most two
-feed entries, and a request made during a refresh is always followed by an announcement made after it: either
-the next leader's or the trailing one.
+clears ``pending`` (its own announcement, made right after, covers those) and announces. Otherwise it is
+folded into ``pending``; the first one folded schedules a *trailing* refresh for when the window closes. The
+trailing refresh claims ``pending`` (opening a new window) and announces. So a burst inside one window yields
+at most two feed entries, and a request made during a refresh is always followed by an announcement made after
+it: either the next leader's or the trailing one.
 """
 
 from __future__ import annotations
@@ -77,8 +77,10 @@ def trail_key(prefix: str, trail_id: str) -> str:
 
 
 def trail_id(owner: str) -> str:
-    """The trailing refresh's id (= its task id and event id), derived from the pending owner: deterministic, so
-    scheduling it twice (a redelivered request) announces once."""
+    """The trailing refresh's id (= its task id and event id), derived from the pending owner.
+
+    Deterministic, so scheduling it twice (a redelivered request) announces once.
+    """
     return "rr-trail-" + hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 

@@ -1,9 +1,9 @@
 """``proxysync dead list|replay``: show dead letters, and send them again by name.
 
-Replay needs no worker code: it sends the recorded task name and keyword arguments through the broker configured
-by ``celeryconfig`` (``CELERY_BROKER_URL``, ``PROXYSYNC_QUEUE_PREFIX``), with the original task id, then removes the
-letter from the stream (``--keep`` leaves it). An event that was applied meanwhile is skipped by the worker as a
-duplicate, so replaying is always safe.
+Replay needs no worker code: it sends the recorded task name and keyword arguments through the broker
+configured by ``celeryconfig`` (``CELERY_BROKER_URL``, ``PROXYSYNC_QUEUE_PREFIX``), with the original task id,
+then removes the letter from the stream (``--keep`` leaves it). An event that was applied meanwhile is skipped
+by the worker as a duplicate, so replaying is always safe.
 """
 
 from __future__ import annotations
@@ -89,5 +89,6 @@ def replay(ids: tuple[str, ...], all_: bool, keep: bool) -> None:
         if not keep:
             deadletter.remove(client, prefix, d.id)
         sent += 1
-        click.echo(f"replayed {d.id}: {d.task} task_id={d.task_id} kwargs={json.dumps(d.kwargs, sort_keys=True)}")
+        args = json.dumps(d.kwargs, sort_keys=True)
+        click.echo(f"replayed {d.id}: {d.task} task_id={d.task_id} kwargs={args}")
     click.echo(f"{sent} dead letter(s) replayed")

@@ -1,13 +1,13 @@
 """Dead letters: the ``{prefix}:dead`` stream, and a local spool for when that Redis is unreachable.
 
-A task is dead-lettered when retrying cannot help (permanent error), when its retries are exhausted, or when its
-message keeps killing worker processes (poison). The record holds everything needed to send it again by name:
-task name, task id, arguments, plus why (reason, error), how many attempts and when.
+A task is dead-lettered when retrying cannot help (permanent error), when its retries are exhausted, or when
+its message keeps killing worker processes (poison). The record holds everything needed to send it again by
+name: task name, task id, arguments, plus why (reason, error), how many attempts and when.
 
-The stream lives on the cache Redis — usually the very server whose outage exhausted the retries. So a letter that
-cannot be written is spooled to a local directory (one JSON file each, written atomically) and flushed into the
-stream by the next task that runs in any worker process on the host. Nothing is dropped silently: spooling logs an
-ERROR with the whole record.
+The stream lives on the cache Redis — usually the very server whose outage exhausted the retries. So a letter
+that cannot be written is spooled to a local directory (one JSON file each, written atomically) and flushed
+into the stream by the next task that runs in any worker process on the host. Nothing is dropped silently:
+spooling logs an ERROR with the whole record.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -73,11 +73,11 @@ def write(client: redis.Redis, prefix: str, letter: DeadLetter) -> str:
     """Append to the dead stream; raises the cache library's errors."""
     with redis_errors("dead letter"):
         entry_id = client.xadd(dead_stream(prefix), letter.fields(), maxlen=DEAD_MAXLEN, approximate=True)  # type: ignore[arg-type]
-    return _s(entry_id)
+    return _s(cast("bytes | str", entry_id))
 
 
 def record(client: redis.Redis, prefix: str, spool: Path, letter: DeadLetter) -> str | None:
-    """Write a dead letter, or spool it when the stream cannot be reached. Returns the entry id when written."""
+    """Write a dead letter, or spool it when the stream cannot be reached. Returns the id when written."""
     try:
         entry_id = write(client, prefix, letter)
     except CacheError as exc:

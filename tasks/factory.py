@@ -1,7 +1,7 @@
 """Building the Celery app: configuration from ``celeryconfig``, tasks registered by name, worker hooks.
 
-``tasks.app`` is ``create_app()`` (settings from the environment). Tests and tools build their own app with other
-settings, broker or queue prefix; nothing here holds a client at module level.
+``tasks.app`` is ``create_app()`` (settings from the environment). Tests and tools build their own app with
+other settings, broker or queue prefix; nothing here holds a client at module level.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ def _ours(sender: Any) -> Runtime | None:
     return rt if isinstance(rt, Runtime) else None
 
 
-@worker_init.connect(weak=False)
 def _start_metrics(sender: Any = None, **_: Any) -> None:
     """In the worker's main process, before the pool forks: serve /metrics when WORKER_METRICS_PORT is set."""
     rt = _ours(sender)
@@ -68,16 +67,14 @@ def _start_metrics(sender: Any = None, **_: Any) -> None:
     sender.app.proxysync_metrics = server
 
 
-@worker_shutdown.connect(weak=False)
 def _stop_metrics(sender: Any = None, **_: Any) -> None:
     app = getattr(sender, "app", None)
     server = getattr(app, "proxysync_metrics", None)
-    if isinstance(server, MetricsServer):
+    if app is not None and isinstance(server, MetricsServer):
         server.stop()
         app.proxysync_metrics = None
 
 
-@worker_process_shutdown.connect(weak=False)
 def _child_exit(pid: int | None = None, **_: Any) -> None:
     child_exited(pid or os.getpid())
 
@@ -90,7 +87,7 @@ def _refused(sender: Any, message: Any, exc: BaseException | None, reason: str) 
     headers = getattr(message, "headers", None) or {}
     args: list[Any] = []
     kwargs: dict[str, Any] = {}
-    if reason == "unknown":  # decodable (JSON), just not a task this worker has: keep the arguments for replay
+    if reason == "unknown":  # decodable JSON, just not a task this worker has: keep the arguments (replay)
         try:
             body_args, body_kwargs, _embed = message.decode()
             args, kwargs = list(body_args), dict(body_kwargs)
@@ -107,12 +104,18 @@ def _refused(sender: Any, message: Any, exc: BaseException | None, reason: str) 
     metrics().dead_letters.labels(task=letter.task, reason=reason).inc()
 
 
-@task_rejected.connect(weak=False)
 def _on_rejected(sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
     if exc is not None:
         _refused(sender, message, exc, "refused")
 
 
-@task_unknown.connect(weak=False)
 def _on_unknown(sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
     _refused(sender, message, exc, "unknown")
+
+
+# Global signals, connected once at import; each handler acts only for apps built by create_app.
+worker_init.connect(_start_metrics, weak=False)
+worker_shutdown.connect(_stop_metrics, weak=False)
+worker_process_shutdown.connect(_child_exit, weak=False)
+task_rejected.connect(_on_rejected, weak=False)
+task_unknown.connect(_on_unknown, weak=False)

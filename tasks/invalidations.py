@@ -4,8 +4,8 @@ Each is thin: check its arguments, call the cache library, report what it remove
 contract in DESIGN.md (``tenant_id``, ``app_id``, ``key``, ``service_name``, ``event_id``, ``event_time``).
 
 Why running any of them twice leaves the same state as running it once: ``RouteAuthCache.apply`` sets the
-event's applied-marker, makes the change and appends the feed entry in one Lua script, and does nothing when the
-marker is already there. A redelivered message or a second listener sending the same event is skipped as a
+event's applied-marker, makes the change and appends the feed entry in one Lua script, and does nothing when
+the marker is already there. A redelivered message or a second listener sending the same event is skipped as a
 duplicate; and even without the marker a second removal removes nothing more.
 """
 

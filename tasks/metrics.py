@@ -1,10 +1,10 @@
 """Worker metrics Flower does not have, correct under the prefork pool.
 
 Names are declared once, here. The metric objects are created lazily in the process that records (a prefork
-child, or the worker itself with the solo/threads pool). With ``WORKER_METRICS_PORT`` set, the worker's main process
-serves ``/metrics`` from ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client multiprocess mode: every child writes its
-own files there, the collector sums them); the directory is created when unset and emptied at start-up, as the
-prometheus-client docs require.
+child, or the worker itself with the solo/threads pool). With ``WORKER_METRICS_PORT`` set, the worker's main
+process serves ``/metrics`` from ``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client multiprocess mode: every
+child writes its own files there, the collector sums them); the directory is created when unset and emptied at
+start-up, as the prometheus-client docs require.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def metrics() -> Metrics:
         if pid not in _metrics:
             from prometheus_client import REGISTRY, Counter, Histogram
 
-            # Multiprocess mode: values go to files, the main process's collector reads them; registering is moot.
+            # Multiprocess mode: values go to files the main process's collector reads; registering is moot.
             # Otherwise register in the default registry once per interpreter (a forked child inherits it).
             global _registered  # noqa: PLW0603
             reg = None if os.environ.get(MULTIPROC_ENV) or _registered else REGISTRY
@@ -66,12 +66,12 @@ def metrics() -> Metrics:
             _metrics[pid] = Metrics(
                 invalidations=Counter(INVALIDATIONS, "Invalidations applied, by op", ["op"], registry=reg),
                 removed=Counter(REMOVED, "Cache entries removed, by op", ["op"], registry=reg),
-                duplicates=Counter(DUPLICATES, "Events skipped as already applied, by op", ["op"], registry=reg),
+                duplicates=Counter(DUPLICATES, "Events skipped as already applied", ["op"], registry=reg),
                 retries=Counter(RETRIES, "Task retries after a transient error", ["task"], registry=reg),
                 dead_letters=Counter(DEAD_LETTERS, "Dead letters recorded", ["task", "reason"], registry=reg),
-                coalesced=Counter(COALESCED, "Route refresh requests folded into a trailing refresh", registry=reg),
-                latency=Histogram(LATENCY, "Seconds from event_time to applied", ["op"], buckets=LATENCY_BUCKETS,
-                                  registry=reg),
+                coalesced=Counter(COALESCED, "Refresh requests folded into a trailing one", registry=reg),
+                latency=Histogram(LATENCY, "Seconds from event_time to applied", ["op"],
+                                  buckets=LATENCY_BUCKETS, registry=reg),
             )
         return _metrics[pid]
 
@@ -97,9 +97,9 @@ class MetricsServer:
         from prometheus_client import CollectorRegistry, start_http_server, values
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        values.ValueClass = values.get_value_class()  # in case prometheus-client was imported before the env
+        values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]  # in case prometheus-client was imported before the env
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=path)
+        MultiProcessCollector(registry, path=path)  # type: ignore[no-untyped-call]
         self._server, _thread = start_http_server(self.port, registry=registry)
         log.info("worker metrics on :%d/metrics (multiprocess dir %s)", self.port, path)
 
@@ -116,4 +116,4 @@ def child_exited(pid: int) -> None:
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
-        multiprocess.mark_process_dead(pid)
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,7 +1,7 @@
 """Per-process state of a worker: its settings, and the Redis client and cache built from them on first use.
 
-No module-level clients: each Celery app owns one :class:`Runtime`; the client is created lazily in the process
-that uses it and rebuilt after a fork (a prefork child never shares its parent's sockets).
+No module-level clients: each Celery app owns one :class:`Runtime`; the client is created lazily in the
+process that uses it and rebuilt after a fork (a prefork child never shares its parent's sockets).
 """
 
 from __future__ import annotations

@@ -31,7 +31,8 @@ class WorkerSettings(BaseSettings):
     task_retry_backoff: int = 1  # seconds; the n-th retry waits up to backoff * 2**n (full jitter)
     task_retry_backoff_max: int = 30
     task_retry_jitter: bool = True
-    task_max_deliveries: int = 3  # deliveries of one message that never finished (worker crashes) before dead-letter
+    # deliveries of one message that never finished (its worker process died) before it is dead-lettered
+    task_max_deliveries: int = 3
 
     routes_coalesce_window: float = 1.0  # seconds: at most a leading and a trailing refresh per window
 

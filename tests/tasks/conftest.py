@@ -1,8 +1,9 @@
 """A real Celery worker for the task tests, once with Redis and once with RabbitMQ as broker.
 
-Everything is private to the session: a cache Redis server of our own (tests stop and restart it), a unique cache
-prefix, unique queue names (``PROXYSYNC_QUEUE_PREFIX``) and, on the shared Redis broker, a unique key prefix, so
-other people's workers and ours never see each other's messages. Retry backoff is short (1 s, no jitter).
+Everything is private to the session: a cache Redis server of our own (tests stop and restart it), a unique
+cache prefix, unique queue names (``PROXYSYNC_QUEUE_PREFIX``) and, on the shared Redis broker, a unique key
+prefix, so other people's workers and ours never see each other's messages. Retry backoff is short (1 s, no
+jitter).
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def cache_server() -> Iterator[RedisServer]:
 def settings(broker: Broker, cache_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
              ) -> WorkerSettings:
     return WorkerSettings(
-        celery_broker_url=broker.url, cache_redis_url=cache_server.url, cache_prefix=f"pstc-{SESSION}-{broker.kind}",
+        celery_broker_url=broker.url, cache_redis_url=cache_server.url,
+        cache_prefix=f"pstc-{SESSION}-{broker.kind}",
         worker_dead_spool=str(tmp_path_factory.mktemp(f"dead-{broker.kind}")), **TEST_POLICY,
     )
 
@@ -154,7 +156,8 @@ class Outcomes:
 def outcomes() -> Iterator[Outcomes]:
     out = Outcomes()
 
-    def on_postrun(task_id: str | None = None, retval: Any = None, state: str | None = None, **_: Any) -> None:
+    def on_postrun(task_id: str | None = None, retval: Any = None, state: str | None = None,
+                   **_: Any) -> None:
         if state == "SUCCESS" and task_id:
             with out.lock:
                 out.done[task_id].append(retval)

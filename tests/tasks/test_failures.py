@@ -1,4 +1,4 @@
-"""Transient cache outages are retried; exhaustion and permanent errors are dead-lettered; replay applies them."""
+"""Transient cache outages are retried; exhaustion and permanent errors are dead-lettered; replay applies."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ def _key(tag: str) -> tuple[str, str]:
 def proxysync_cli(h: Harness, *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real ``proxysync`` command against this session's broker and cache."""
     env = {**os.environ, **h.broker.env(), "CACHE_REDIS_URL": h.server.url, "CACHE_PREFIX": h.prefix}
-    return subprocess.run([str(BIN / "proxysync"), *args], env=env, capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run([str(BIN / "proxysync"), *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
 
 
 def test_transient_outage_is_retried_until_applied(h: Harness) -> None:
@@ -48,7 +48,7 @@ def test_transient_outage_is_retried_until_applied(h: Harness) -> None:
 
 def test_exhausted_retries_dead_letter_then_replay_applies(h: Harness) -> None:
     # Given an entry, and the cache Redis down for longer than every retry
-    tenant, key = _key("exhaust")
+    _, key = _key("exhaust")
     h.cache.put(key, {"v": 1})
     h.client.save()
     before = set(spool_files(h.settings))
@@ -104,7 +104,7 @@ def test_missing_argument_is_dead_lettered(h: Harness) -> None:
 
 def test_replay_all_of_an_applied_event_is_a_duplicate(h: Harness) -> None:
     # Given a dead letter whose event was applied meanwhile (e.g. sent again by the listener)
-    tenant, key = _key("dup")
+    _, key = _key("dup")
     h.cache.put(key, {"v": 1})
     ev = h.send(C.TASK_DELETE, key=key)
     h.outcomes.wait_done(ev)

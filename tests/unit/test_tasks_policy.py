@@ -29,7 +29,8 @@ def test_policy_follows_settings() -> None:
     custom = create_app(WorkerSettings(task_max_retries=2, task_retry_backoff=3, task_retry_backoff_max=7,
                                        task_retry_jitter=False))
     task = custom.tasks[C.TASK_CLEAR]
-    assert (task.max_retries, task.retry_backoff, task.retry_backoff_max, task.retry_jitter) == (2, 3, 7, False)
+    got = (task.max_retries, task.retry_backoff, task.retry_backoff_max, task.retry_jitter)
+    assert got == (2, 3, 7, False)
     assert app.tasks[C.TASK_CLEAR].max_retries != 2  # the other app is untouched
 
 
@@ -54,7 +55,8 @@ def test_queues_and_routes_split_invalidations_from_refresh() -> None:
 
 def test_transport_options_per_broker() -> None:
     redis_opts = celeryconfig.transport_options("redis://h:6379/0")
-    assert redis_opts["visibility_timeout"] > celeryconfig.task_time_limit + WorkerSettings().task_retry_backoff_max
+    longest = celeryconfig.task_time_limit + WorkerSettings().task_retry_backoff_max
+    assert redis_opts["visibility_timeout"] > longest
     assert celeryconfig.transport_options("amqp://guest:guest@h//")["confirm_publish"] is True
     assert "visibility_timeout" not in celeryconfig.transport_options("amqp://h//")
 
