@@ -200,7 +200,7 @@ def test_the_interleavings_really_raced() -> None:
     if Totals.examples == 0:
         pytest.skip("run together with test_no_stale_fill_over_interleavings")
     print(f"stale-fill programs: {Totals.examples}, raced loads: {Totals.raced}, refused: {Totals.refused}")
-    assert Totals.raced >= 50, (Totals.examples, Totals.raced)
+    assert Totals.raced >= 30, (Totals.examples, Totals.raced)
     assert Totals.refused >= Totals.raced
 
 
