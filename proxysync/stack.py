@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from proxysync import constants as C
 from proxysync.redis_server import RedisServer, free_port, redis_answers
+from proxysync.status import redact
 
 # The embedded Redis goes last, after the listener drained.
 STOP_ORDER = ("flower", "listener", "worker", "messenger")
@@ -153,14 +154,18 @@ class Stack:
                 broker = self.redis.url
                 pid = self.redis.proc.pid if self.redis.proc else "?"
                 self.out(f"  redis      {broker}  (embedded, pid {pid}, dir {self.redis.dir})")
-        cache_url = s.cache_redis_url or (broker if broker.startswith(("redis://", "rediss://")) else None)
-        if self.redis is not None and (s.cache_redis_url is None or not redis_answers(s.cache_redis_url)):
-            cache_url = self.redis.url
-        if cache_url is None or not redis_answers(cache_url):
+        else:
+            self.out(f"  broker     {redact(broker)}  (not Redis: used as given)")
+        # As the worker does: CACHE_REDIS_URL, else the broker's Redis, else the local default.
+        cache_url = s.cache_redis_url or (
+            broker if broker.startswith(("redis://", "rediss://")) else "redis://localhost:6379/0")
+        if not redis_answers(cache_url):
             if self.redis is None:
                 self.redis = RedisServer().start()
+            self.out(f"  cache      nothing answers at {cache_url}: using the embedded {self.redis.url}")
             cache_url = self.redis.url
-            self.out(f"  cache      {cache_url}  (embedded)")
+        elif cache_url != broker:
+            self.out(f"  cache      {cache_url}  (answered PING; using it)")
         self.broker_url, self.cache_url = broker, cache_url
 
     def build(self) -> None:
@@ -251,8 +256,8 @@ class Stack:
         self.start_due()
         kp = os.environ.get("CELERY_BROKER_KEYPREFIX")
         keyprefix = f" CELERY_BROKER_KEYPREFIX={kp}" if kp else ""
-        self.out(f"  status     LISTENER_URL={self.listener_url} CELERY_BROKER_URL={self.broker_url} "
-                 f"CACHE_REDIS_URL={self.cache_url} CACHE_PREFIX={self.settings.cache_prefix} "
+        self.out(f"  status     LISTENER_URL={self.listener_url} CELERY_BROKER_URL={redact(self.broker_url)} "
+                 f"CACHE_REDIS_URL={redact(self.cache_url)} CACHE_PREFIX={self.settings.cache_prefix} "
                  f"{C.QUEUE_PREFIX_ENV}={self.settings.proxysync_queue_prefix}{keyprefix} proxysync status")
 
     def start_due(self) -> None:
@@ -285,7 +290,7 @@ class Stack:
                 return True
             if time.monotonic() > deadline:
                 late = [c.name for c in self.children if c.ready_at is None]
-                self.failed = f"not ready within {timeout:.0f}s: {', '.join(late)}"
+                self.failed = f"not ready within {timeout:g}s: {', '.join(late)}"
                 for c in self.children:
                     if c.ready_at is None:
                         self.out(f"NOT READY: {c.name} (log {c.log}):\n{c.tail()}")

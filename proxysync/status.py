@@ -147,10 +147,14 @@ def cache_figures(url: str, prefix: str, timeout: float) -> dict[str, Any]:
 
 def collect(settings: StatusSettings, *, timeout: float = 1.0) -> dict[str, Any]:
     queues = settings.queues()
+    broker = queue_depths(settings.celery_broker_url, queues, timeout, settings.celery_broker_keyprefix)
+    # Celery retries a control publish to an unreachable broker for seconds: don't ask when it is down.
+    workers = (workers_online(settings.celery_broker_url, queues, timeout) if broker["error"] is None
+               else {"online": [], "count": 0, "error": "broker unreachable"})
     report: dict[str, Any] = {
         "listener": listener_health(settings.listener_url, timeout),
-        "broker": queue_depths(settings.celery_broker_url, queues, timeout, settings.celery_broker_keyprefix),
-        "workers": workers_online(settings.celery_broker_url, queues, timeout),
+        "broker": broker,
+        "workers": workers,
         "cache": cache_figures(settings.cache_url(), settings.cache_prefix, timeout),
     }
     cache = report["cache"]

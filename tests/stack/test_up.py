@@ -153,7 +153,7 @@ class Running:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_status_then_signal_leaves_no_process(sig: signal.Signals) -> None:
+def test_running_stack_status_restart_then_signal_leaves_no_process(sig: signal.Signals) -> None:
     # Given the stack running on an embedded Redis (so the Redis server is one of its children too)
     url = f"redis://127.0.0.1:{free_port()}/0"
     env = stack_env(url, f"pstest-{uuid.uuid4().hex[:12]}")
@@ -171,6 +171,15 @@ def test_status_then_signal_leaves_no_process(sig: signal.Signals) -> None:
         for part in ("redis-server", "proxysync messenger", "-m listener", "tasks worker"):
             assert part in names, names
         assert len(tree) >= 5  # redis, messenger, listener, worker + its pool process (+ flower)
+
+        if sig is signal.SIGTERM:
+            # When a child dies (the listener, kill -9), Then it is reported, restarted and ready again
+            listener = next(p for p in tree if "-m listener" in " ".join(p.cmdline()))
+            listener.kill()
+            up.wait_for("DIED: listener exited with code -9", 10)
+            up.wait_for("restarting listener", 5)
+            up.wait_for("ready again: listener", 30)
+            tree += psutil.Process(up.proc.pid).children(recursive=True)
 
         # When `proxysync status --json` looks at it
         status_env = env | printed
@@ -206,3 +215,38 @@ def test_status_then_signal_leaves_no_process(sig: signal.Signals) -> None:
         alive = [p for p in alive if not gone(p)]
     assert not alive, f"orphans: {[(p.pid, p.cmdline()) for p in alive]}\n{out}"
     assert not redis_answers(printed["CELERY_BROKER_URL"])
+
+
+def test_not_ready_in_time_exits_non_zero_with_the_reason() -> None:
+    # Given a ready timeout no stack can meet
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    env = stack_env(url, f"pstest-{uuid.uuid4().hex[:12]}")
+    result = subprocess.run([*UP, "--demo", "--once", "--ready-timeout", "0.3", "--no-flower"], env=env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    out = result.stdout + result.stderr
+    # Then it says what was not ready, stops everything and exits non-zero
+    assert result.returncode == 1, out
+    assert "NOT READY:" in out and "FAILED: not ready within 0.3s" in out
+    assert "stopped: all processes" in out
+    assert "demo:" not in out
+
+
+def test_status_when_nothing_runs() -> None:
+    # Given no listener, no broker and no cache at the configured addresses
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(LEAKY)} | {
+        "CELERY_BROKER_URL": f"redis://:hunter2@127.0.0.1:{port}/0", "LISTENER_URL": f"http://127.0.0.1:{port}"}
+    # When status runs
+    result = subprocess.run([sys.executable, "-m", "proxysync", "status", "--json"], env=env,
+                            capture_output=True, text=True, timeout=30, check=False)
+    # Then it answers (every probe reports its error), says unhealthy, exits 1 and never prints the password
+    report = json.loads(result.stdout)
+    assert result.returncode == 1
+    assert report["healthy"] is False
+    assert report["listener"]["ready"] is False and report["listener"]["healthz"] is None
+    assert report["broker"]["error"] and report["cache"]["error"]
+    assert report["workers"]["count"] == 0
+    assert "hunter2" not in result.stdout
+    table = subprocess.run([sys.executable, "-m", "proxysync", "status"], env=env,
+                           capture_output=True, text=True, timeout=30, check=False)
+    assert table.returncode == 1 and "DOWN" in table.stdout and "healthy" in table.stdout
