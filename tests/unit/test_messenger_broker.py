@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from stomp import utils as stomp_utils
 
 from messenger.broker import Broker, Outcome
@@ -130,3 +132,59 @@ def test_token_required_on_upgrade_or_connect_and_never_shown() -> None:
     assert stats["auth_failures"] == 1 and stats["connects"] == 4
     assert stats["subscriptions"][0]["headers"]["authorization"] == "<redacted:valid>"
     assert "s3cret" not in repr(stats)
+
+
+commands = st.sampled_from(
+    [
+        "CONNECT",
+        "STOMP",
+        "SEND",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "ACK",
+        "NACK",
+        "BEGIN",
+        "COMMIT",
+        "ABORT",
+        "DISCONNECT",
+    ]
+)
+header_names = st.sampled_from(
+    [
+        "destination",
+        "id",
+        "ack",
+        "receipt",
+        "accept-version",
+        "heart-beat",
+        "authorization",
+        "passcode",
+        "content-type",
+        "x",
+    ]
+)
+frames = st.builds(
+    StompFrame,
+    commands,
+    st.dictionaries(header_names, st.text(max_size=12), max_size=5),
+    st.binary(max_size=16),
+)
+
+
+@given(st.lists(frames, max_size=12), st.sampled_from([None, "tok"]))
+def test_any_frame_sequence_yields_outcomes_never_exceptions(
+    sequence: list[StompFrame], token: str | None
+) -> None:
+    broker = Broker(token=token, heartbeat_ms=100)
+    sid = broker.open_session(transport="websocket").session_id
+    for frame in sequence:
+        outcome = broker.handle(sid, frame)
+        for target, data in outcome.send:
+            assert target == sid and data.endswith(b"\x00")
+            assert stomp_utils.parse_frame(data[:-1]).cmd in ("CONNECTED", "RECEIPT", "ERROR", "MESSAGE")
+        if outcome.close:
+            break
+    for sub in broker.stats()["subscriptions"]:  # secrets never shown, whatever was sent
+        assert all(
+            v.startswith("<redacted") for k, v in sub["headers"].items() if k in ("authorization", "passcode")
+        )
