@@ -248,7 +248,7 @@ class Demo:
         where = (f"feed entry {entry.id} (op={entry.op.value}, removed={entry.removed})" if entry is not None
                  else "dedup marker set")
         if entry is not None and entry.event_id != event_id:
-            where += f", coalesced with {entry.event_id}"
+            where += f", coalesced into refresh {entry.event_id}"
         self.out(f"      applied    task state {state}; {where}")
         self.out(f"      entries    in scope {before_scope} -> {self.present(scope)}, "
                  f"whole cache {before_total} -> {self.cache.count()}")
