@@ -145,13 +145,15 @@ class ProxysyncTask(Task):  # type: ignore[misc]
 
     def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         reason = "exhausted" if isinstance(exc, TRANSIENT) else "permanent"
-        self._dead(reason, f"{type(exc).__name__}: {exc}", args=args, kwargs=kwargs)
+        # Also called in the worker's main process for a hard time limit, where self.request is empty.
+        self._dead(reason, f"{type(exc).__name__}: {exc}", task_id=task_id, args=args, kwargs=kwargs)
 
-    def _dead(self, reason: str, error: str, *, args: Any = None, kwargs: Any = None) -> None:
+    def _dead(self, reason: str, error: str, *, task_id: str | None = None, args: Any = None,
+              kwargs: Any = None) -> None:
         req = self.request
         rt = self.runtime
         letter = deadletter.DeadLetter(
-            task=self.name, task_id=str(req.id),
+            task=self.name, task_id=str(task_id or req.id),
             kwargs=dict(kwargs if kwargs is not None else req.kwargs or {}),
             args=list(args if args is not None else req.args or []), reason=reason, error=error[:2000],
             attempts=int(req.retries or 0) + 1, queue=str((req.delivery_info or {}).get("routing_key") or ""),

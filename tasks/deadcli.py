@@ -60,7 +60,7 @@ def list_(as_json: bool, count: int | None) -> None:
 @click.option("--all", "all_", is_flag=True, help="Replay every dead letter.")
 @click.option("--keep", is_flag=True, help="Leave the letters in the stream after sending.")
 def replay(ids: tuple[str, ...], all_: bool, keep: bool) -> None:
-    """Send dead letters ID... (or --all) again by task name."""
+    """Send dead letters again by task name (the given IDs, or --all)."""
     if bool(ids) == all_:
         raise click.UsageError("give dead letter IDs or --all (not both)")
     settings = WorkerSettings()

@@ -74,9 +74,11 @@ def test_exhausted_retries_dead_letter_then_replay_applies(h: Harness) -> None:
     listed = proxysync_cli(h, "dead", "list")
     assert listed.returncode == 0, listed.stderr
     assert ev in listed.stdout and "reason=exhausted" in listed.stdout
+    print(listed.stdout)
     replayed = proxysync_cli(h, "dead", "replay", letter["id"])
     assert replayed.returncode == 0, replayed.stderr
     assert f"replayed {letter['id']}" in replayed.stdout
+    print(replayed.stdout)
     # Then the worker applies it, and the letter is gone
     results = h.outcomes.wait_done(ev)
     assert results[-1]["removed"] == 1
