@@ -1,7 +1,7 @@
 """The Messenger stand-in: a small STOMP 1.2 broker over WebSocket (raw and SockJS-framed) + HTTP publish API.
 
-For development, the demo and the tests; production uses the real Messenger. ``messenger.frames`` is the STOMP
-codec, ``messenger.broker`` the STOMP state without I/O, ``messenger.server`` the aiohttp server (and
-:class:`~messenger.server.MessengerServer` for in-process use), ``messenger.cli`` the ``proxysync messenger``
-command.
+For development, the demo and the tests; production uses the real Messenger. Modules: ``frames`` (the STOMP
+codec), ``broker`` (STOMP state, no I/O), ``app`` (the aiohttp application), ``server``
+(:class:`~messenger.server.MessengerServer`: the app on a thread, for in-process use), ``cli`` (the
+``proxysync messenger`` command), ``measure`` (delivery figures).
 """
