@@ -12,6 +12,7 @@ stragglers) so nothing is left running.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -73,6 +74,25 @@ def port_or_free(preferred: int) -> int:
     return preferred
 
 
+def _death_signal() -> Callable[[], None] | None:
+    """Linux: a ``preexec_fn`` making the child get SIGTERM when ``up`` dies, even by SIGKILL (no orphans)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return preexec
+
+
+DIE_WITH_PARENT = _death_signal()
+
+
 def http_ok(url: str, timeout: float = 0.5) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - our own http:// URLs
@@ -100,7 +120,8 @@ class Child:
     def start(self, env: dict[str, str]) -> None:
         with self.log.open("ab") as fh:
             self.proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, stdout=fh,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=DIE_WITH_PARENT)  # noqa: PLW1509 - prctl only
         self.started = time.monotonic()
         self.ready_at = None
 

@@ -60,6 +60,30 @@ def broker_cleanup(redis_client: redis.Redis) -> Iterator[list[str]]:
             redis_client.unlink(*keys)
 
 
+def run_up(args: list[str], env: dict[str, str], timeout: float = 120) -> tuple[int, str]:
+    """Run ``proxysync up`` to completion; on a hang stop it the way a user would, so it cleans up."""
+    proc = subprocess.Popen([*UP, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        out, _ = proc.communicate()
+        raise AssertionError(f"proxysync up {args} did not finish within {timeout}s:\n{out}") from None
+    return proc.returncode, out
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM (up stops its children), SIGKILL only if that did not work."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def assert_all_applied(output: str) -> None:
     for t in TYPES:
         assert f"APPLIED {t}" in output, f"{t} not shown applied:\n{output}"
@@ -72,11 +96,9 @@ def test_demo_once_on_the_configured_redis(redis_url: str, prefix: str, broker_c
     env = stack_env(redis_url, prefix)
     broker_cleanup += [env["PROXYSYNC_QUEUE_PREFIX"], env["CELERY_BROKER_KEYPREFIX"]]
     # When the demo runs once
-    result = subprocess.run([*UP, "--demo", "--once", "--ready-timeout", "45", "--event-timeout", "15"],
-                            env=env, capture_output=True, text=True, timeout=120, check=False)
-    out = result.stdout + result.stderr
+    rc, out = run_up(["--demo", "--once", "--ready-timeout", "45", "--event-timeout", "15"], env)
     # Then it used that Redis, showed every event type applied and exited 0, stopping everything
-    assert result.returncode == 0, out
+    assert rc == 0, out
     assert "answered PING; using it" in out
     assert_all_applied(out)
     assert "stopped: all processes" in out
@@ -91,11 +113,9 @@ def test_demo_once_starts_embedded_redis_when_none_answers() -> None:
     assert not redis_answers(url)
     env = stack_env(url, f"pstest-{uuid.uuid4().hex[:12]}")
     # When the demo runs once
-    result = subprocess.run([*UP, "--demo", "--once", "--ready-timeout", "45", "--event-timeout", "15"],
-                            env=env, capture_output=True, text=True, timeout=120, check=False)
-    out = result.stdout + result.stderr
+    rc, out = run_up(["--demo", "--once", "--ready-timeout", "45", "--event-timeout", "15"], env)
     # Then it started the embedded server, pointed everything at it, applied all five, and stopped it again
-    assert result.returncode == 0, out
+    assert rc == 0, out
     assert "starting the embedded redis-server" in out
     embedded = re.search(r"redis\s+(redis://\S+)\s+\(embedded, pid", out)
     assert embedded is not None, out
@@ -202,8 +222,7 @@ def test_running_stack_status_restart_then_signal_leaves_no_process(sig: signal.
         up.proc.send_signal(sig)
         rc = up.proc.wait(30)
     finally:
-        if up.proc.poll() is None:
-            up.proc.kill()
+        stop(up.proc)
     out = up.output()
     # Then it exits 0 and every process it started is gone: no orphans
     assert rc == 0, out
@@ -221,11 +240,9 @@ def test_not_ready_in_time_exits_non_zero_with_the_reason() -> None:
     # Given a ready timeout no stack can meet
     url = f"redis://127.0.0.1:{free_port()}/0"
     env = stack_env(url, f"pstest-{uuid.uuid4().hex[:12]}")
-    result = subprocess.run([*UP, "--demo", "--once", "--ready-timeout", "0.3", "--no-flower"], env=env,
-                            capture_output=True, text=True, timeout=60, check=False)
-    out = result.stdout + result.stderr
+    rc, out = run_up(["--demo", "--once", "--ready-timeout", "0.3", "--no-flower"], env, timeout=60)
     # Then it says what was not ready, stops everything and exits non-zero
-    assert result.returncode == 1, out
+    assert rc == 1, out
     assert "NOT READY:" in out and "FAILED: not ready within 0.3s" in out
     assert "stopped: all processes" in out
     assert "demo:" not in out
