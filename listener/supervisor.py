@@ -104,14 +104,16 @@ class Supervisor:
         metrics: Metrics,
         *,
         stable_s: float = 30.0,
-        connect_timeout_s: float = 10.0,
+        connect_timeout_s: float | None = None,
     ) -> None:
         self.settings, self.tokens, self.dispatcher, self.metrics = settings, tokens, dispatcher, metrics
         self.machine = ConnectionMachine(on_change=self._on_change)
         self.backoff = Backoff(
             settings.retry_interval_ms / 1000, settings.retry_max_ms / 1000, stable_s=stable_s
         )
-        self.connect_timeout_s = connect_timeout_s
+        # A peer that does not finish the handshake is as dead as a silent one: same 2x heart-beat budget.
+        hb_s = settings.heartbeat_ms / 1000
+        self.connect_timeout_s = connect_timeout_s or (min(10.0, max(2.0, 2 * hb_s)) if hb_s else 10.0)
         self.subscriptions = 0
         self.session: Session | None = None
         self._stop = threading.Event()
@@ -211,7 +213,8 @@ class Supervisor:
     def _open(self) -> Session:
         s = self.settings
         token = self.tokens.get()
-        target = resolve_target(s.transport, s.url, token=token, ca_bundle=s.ca_bundle)
+        target = resolve_target(s.transport, s.url, token=token, ca_bundle=s.ca_bundle,
+                                timeout_s=self.connect_timeout_s)
         header = [f"Authorization: Bearer {token}"] if token else []
         transport = MessengerTransport(
             target,

@@ -130,7 +130,7 @@ def test_stalled_server_is_detected_and_left(
     listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url, WEBSOCKET_CLIENT_HEARTBEAT=1000)
     wait_for(subscribed(listener), what="subscription")
     # When the server freezes (reads nothing, sends nothing, answers no ping) for longer than that
-    messenger.stall(4)
+    messenger.stall(3)
     # Then the listener notices within 2x the heart-beat and reconnects once the server answers again
     wait_for(lambda: listener.supervisor.state.value != "SUBSCRIBED", timeout=2.5, what="stall detected")
     wait_for(subscribed(listener, 2), timeout=15, what="resubscribed after the stall")
