@@ -158,6 +158,7 @@ class Stack:
         self.env: dict[str, str] = {}
         self.failed: str | None = None
         self._celery: Any = None
+        self.hurry = threading.Event()  # set by a second Ctrl-C: no grace period
         self.started_ms = 0
 
     # -- set-up --------------------------------------------------------------------------------------------
@@ -355,10 +356,10 @@ class Stack:
         for child in order:
             if child.proc is None:
                 continue
-            try:
-                child.proc.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                self.out(f"stop: {child.name} did not exit within {grace:.0f}s: killing it")
+            while child.proc.poll() is None and time.monotonic() < deadline and not self.hurry.is_set():
+                self.hurry.wait(0.05)
+            if child.proc.poll() is None:
+                self.out(f"stop: {child.name} still running: killing it")
             child.signal_group(signal.SIGKILL)  # stragglers in the group (e.g. prefork children)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.proc.wait(2)
@@ -367,12 +368,12 @@ class Stack:
         self.out("stopped: all processes")
 
 
-def _install_signals(stop: threading.Event, out: Callable[[str], None]) -> None:
+def _install_signals(stop: threading.Event, hurry: threading.Event, received: list[str]) -> None:
+    """First SIGINT/SIGTERM: stop gracefully. Second: stop now (no grace period). Nothing printed here:
+    writing to stdout inside a signal handler can re-enter a write in progress."""
     def handler(signum: int, _frame: object) -> None:
-        if stop.is_set():
-            return
-        out(f"\n{signal.Signals(signum).name}: stopping every process ...")
-        stop.set()
+        received.append(signal.Signals(signum).name)
+        (hurry if stop.is_set() else stop).set()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
@@ -396,9 +397,11 @@ def up(  # noqa: PLR0917 - click passes options positionally
     def out(line: str) -> None:
         click.echo(line)
 
-    stop = threading.Event()
-    _install_signals(stop, out)
+    stop, hurry = threading.Event(), threading.Event()
+    received: list[str] = []
+    _install_signals(stop, hurry, received)
     stack = Stack(StackSettings(), out=out, stop=stop, flower=flower, concurrency=concurrency)
+    stack.hurry = hurry
     rc = 0
     try:
         stack.start()
@@ -421,6 +424,8 @@ def up(  # noqa: PLR0917 - click passes options positionally
         out(f"proxysync up failed: {exc}")
         rc = 1
     finally:
+        if received:
+            out(f"{received[0]}: stopping every process (again to skip the grace period) ...")
         stack.close()
     if stack.failed:
         out(f"FAILED: {stack.failed}")
