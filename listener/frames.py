@@ -7,6 +7,7 @@ counted) and carries :data:`OVERSIZE_HEADER` with the refused size.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -45,3 +46,24 @@ def ack_id(headers: Mapping[str, str]) -> str | None:
 def looks_like_auth_error(text: str) -> bool:
     """Whether an ERROR frame's message/body says the credentials were refused."""
     return bool(_AUTH_WORDS.search(text))
+
+
+def headers_of_truncated(head: bytes, sockjs: bool) -> bytes:
+    """The STOMP header block found at the front of a truncated WebSocket frame (``b""`` if none).
+
+    A SockJS frame is ``a["<JSON-escaped STOMP frame>", ...]``: the escaped header block ends at the first
+    escaped blank line, so it can be decoded on its own.
+    """
+    if not sockjs:
+        return head
+    text = head.decode("utf-8", "replace")
+    if not text.startswith('a["'):
+        return b""
+    end = text.find("\\n\\n", 3)
+    if end == -1:
+        return b""
+    try:
+        block = json.loads('"' + text[3:end] + '"')
+    except ValueError:
+        return b""
+    return (block + "\n\n").encode("utf-8") if isinstance(block, str) else b""

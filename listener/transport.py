@@ -30,6 +30,7 @@ from stomp.connect import BaseConnection
 from stomp.exception import NotConnectedException
 from stomp.protocol import Protocol12
 from stomp.transport import BaseTransport
+from websocket._abnf import ABNF, frame_buffer
 
 from listener import frames, urls
 from listener.errors import AuthError, ConnectError
@@ -75,6 +76,44 @@ def resolve_target(
     return urls.target_for("sockjs", base)
 
 
+class BoundedFrameBuffer(frame_buffer):  # type: ignore[misc]
+    """websocket-client's frame reader, except that a frame longer than ``limit`` is never held in memory.
+
+    Its first ``keep`` bytes (where the STOMP headers are) are kept and the rest is read and thrown away as it
+    arrives; :attr:`truncated` then holds the frame's real length. Resumable across read timeouts, like the
+    original (all progress lives on ``self``). Server frames are unmasked (RFC 6455 section 5.1).
+    """
+
+    def __init__(self, recv_fn: Any, *, limit: int, keep: int = 64 * 1024) -> None:
+        super().__init__(recv_fn, True)
+        self.limit, self.keep = limit, keep
+        self.truncated: int | None = None
+        self._head: bytes | None = None
+        self._skip = 0
+
+    def recv_frame(self) -> Any:
+        with self.lock:
+            if self.needs_header():
+                self.recv_header()
+            if self.needs_length():
+                self.recv_length()
+            length = int(self.length or 0)
+            if length <= self.limit:
+                self.truncated = None
+            else:
+                if self._head is None:
+                    self._head = self.recv_strict(min(self.keep, length))
+                    self._skip = length - len(self._head)
+                while self._skip > 0:
+                    self._skip -= len(self.recv(min(1 << 16, self._skip)) or b"")
+                fin, rsv1, rsv2, rsv3, opcode, has_mask, _ = self.header  # type: ignore[misc]
+                frame = ABNF(fin, rsv1, rsv2, rsv3, opcode, has_mask, self._head)
+                self._head, self.truncated = None, length
+                self.clear()
+                return frame
+        return super().recv_frame()
+
+
 class MessengerTransport(BaseTransport):  # type: ignore[misc]
     """A stomp.py transport over one websocket-client socket (one instance per connection attempt)."""
 
@@ -103,6 +142,7 @@ class MessengerTransport(BaseTransport):  # type: ignore[misc]
         self._send_lock = threading.Lock()
         self.drop_reason: str | None = None
         self.oversize = 0
+        self.frames: BoundedFrameBuffer | None = None
 
     # --- connection ---
 
@@ -123,6 +163,8 @@ class MessengerTransport(BaseTransport):  # type: ignore[misc]
             raise ConnectError(f"WebSocket upgrade refused with HTTP {exc.status_code}") from None
         except (OSError, websocket.WebSocketException) as exc:
             raise ConnectError(f"cannot open {self.target.url}: {exc}") from None
+        self.frames = BoundedFrameBuffer(ws._recv, limit=2 * self.max_frame)
+        ws.frame_buffer = self.frames
         try:
             if self.target.framing == "sockjs":
                 self._expect_open(ws)
@@ -213,12 +255,20 @@ class MessengerTransport(BaseTransport):  # type: ignore[misc]
                 # that counts its pongs as "data sent" (RabbitMQ) skips its STOMP heart-beat: tell stomp.py.
                 self.notify("heartbeat")
                 continue
-            chunk = self._unwrap(data) if self.target.framing == "sockjs" else self._guard(data)
+            chunk = self._chunk(data)
             if chunk is None:
                 return b""
             if chunk:
                 return chunk
         return b""
+
+    def _chunk(self, data: bytes) -> bytes | None:
+        """One WebSocket message -> STOMP bytes for stomp.py (``None``: the SockJS session closed)."""
+        truncated = self.frames.truncated if self.frames is not None else None
+        sockjs_framed = self.target.framing == "sockjs"
+        if truncated is not None:  # never fully read: refuse from its headers alone
+            return self._refuse(frames.headers_of_truncated(data, sockjs_framed), truncated)
+        return self._unwrap(data) if sockjs_framed else self._guard(data)
 
     def _still_alive(self, ws: websocket.WebSocket) -> bool:
         if self.idle_s <= 0:
@@ -240,16 +290,13 @@ class MessengerTransport(BaseTransport):  # type: ignore[misc]
         return True
 
     def _guard(self, data: bytes) -> bytes:
-        if len(data) > self.max_frame:
-            self.oversize += 1
-            log.warning(
-                "[WS-Client] refused a %d-byte frame (WEBSOCKET_CLIENT_MAX_FRAME=%d): "
-                "it will be ACKed and counted, not dispatched",
-                len(data),
-                self.max_frame,
-            )
-            return frames.oversize_stub(data, len(data))
-        return data
+        return self._refuse(data, len(data)) if len(data) > self.max_frame else data
+
+    def _refuse(self, data: bytes, size: int) -> bytes:
+        self.oversize += 1
+        log.warning("[WS-Client] refused a %d-byte frame (WEBSOCKET_CLIENT_MAX_FRAME=%d): "
+                    "it will be ACKed and counted, not dispatched", size, self.max_frame)
+        return frames.oversize_stub(data, size)
 
     def _unwrap(self, data: bytes) -> bytes | None:
         """SockJS frame -> STOMP bytes (``b""``: nothing for stomp.py; ``None``: the session is closed)."""

@@ -104,6 +104,34 @@ def test_sockjs_three_megabyte_frame_and_oversize_refused(
     assert listener.metrics.value("proxysync_listener_frames_rejected", reason="oversize") == 1
 
 
+@pytest.mark.parametrize("mode", ["sockjs", "websocket"])
+def test_a_huge_frame_is_refused_without_holding_it_and_the_session_survives(
+    mode: str,
+    messenger: MessengerServer,
+    make_listener: Callable[..., Listener],
+    topic: str,
+    queues: BrokerQueues,
+) -> None:
+    # Given a 256 KiB frame limit (frames over twice that are never held in memory)
+    endpoint = C.DEFAULT_ENDPOINT if mode == "sockjs" else "/ws"
+    listener = make_listener(
+        WEBSOCKET_CLIENT_BASEURL=messenger.url,
+        WEBSOCKET_CLIENT_ENDPOINT=endpoint,
+        WEBSOCKET_CLIENT_TRANSPORT=mode,
+        WEBSOCKET_CLIENT_MAX_FRAME=256 * 1024,
+    )
+    wait_for(subscribed(listener), what="subscription")
+    # When an 8 MB event arrives, then a small one
+    huge = json.dumps({"payload": {"type": "ALL_CACHE_INVALID", "eventId": "huge"}, "blob": "h" * 8_000_000})
+    _publish_when_subscribed(messenger, topic, huge)
+    messenger.publish(C.topic_destination(topic), event("ALL_CACHE_INVALID", eventId="next"))
+    # Then the huge one is refused as oversize (and was truncated on read), the next one dispatched
+    wait_for(queues.events, what="the next task")
+    assert [t["id"] for t in queues.events()] == ["next"]
+    assert listener.metrics.value("proxysync_listener_frames_rejected", reason="oversize") == 1
+    assert listener.supervisor.subscriptions == 1
+
+
 def test_drop_reconnects_resubscribes_and_resyncs(
     messenger: MessengerServer,
     make_listener: Callable[..., Listener],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import random
 from pathlib import Path
@@ -88,6 +89,16 @@ def test_oversize_stub_of_anything_else_is_a_heartbeat(raw: bytes) -> None:
     assert frames.oversize_stub(raw, len(raw)) == b"\n"
 
 
+def test_headers_of_a_truncated_sockjs_frame_are_recovered() -> None:
+    stomp_frame = "MESSAGE\nmessage-id:m-1\nsubscription:s\ncontent-length:9999999\n\n" + "é\"x" * 1000
+    framed = ("a" + json.dumps([stomp_frame], ensure_ascii=False)).encode()[:500]
+    head = frames.headers_of_truncated(framed, True)
+    assert head == b"MESSAGE\nmessage-id:m-1\nsubscription:s\ncontent-length:9999999\n\n"
+    assert frames.headers_of_truncated(b"MESSAGE\nid:1\n\nxx", False) == b"MESSAGE\nid:1\n\nxx"
+    assert frames.headers_of_truncated(b'a["no blank line', True) == b""
+    assert frames.headers_of_truncated(b"h", True) == b""
+
+
 @given(st.binary(max_size=2000))
 @settings(max_examples=300, deadline=None)
 def test_oversize_stub_never_raises(raw: bytes) -> None:
@@ -130,7 +141,7 @@ _payloads = st.fixed_dictionaries(
 )
 
 
-@given(st.binary(max_size=300) | st.text(max_size=300) | _payloads.map(lambda d: __import__("json").dumps(d)))
+@given(st.binary(max_size=300) | st.text(max_size=300) | _payloads.map(json.dumps))
 @settings(max_examples=400, deadline=None)
 def test_parse_event_parses_or_raises_event_error(body: bytes | str) -> None:
     try:
