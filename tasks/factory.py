@@ -105,8 +105,7 @@ def _refused(sender: Any, message: Any, exc: BaseException | None, reason: str) 
 
 
 def _on_rejected(sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
-    if exc is not None:
-        _refused(sender, message, exc, "refused")
+    _refused(sender, message, exc or ValueError("not a Celery task message"), "refused")
 
 
 def _on_unknown(sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
