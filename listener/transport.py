@@ -41,7 +41,7 @@ OP_TEXT, OP_CLOSE = websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_CLOSE
 
 
 def ssl_options(ca_bundle: Path | None) -> dict[str, Any]:
-    """Verified TLS always (certificate and host name); a CA bundle only adds trust anchors."""
+    """Verified TLS always (certificate and host name); a CA bundle replaces the system trust store."""
     opts: dict[str, Any] = {"cert_reqs": ssl.CERT_REQUIRED, "check_hostname": True}
     if ca_bundle is not None:
         opts["ca_certs"] = str(ca_bundle)
