@@ -241,3 +241,19 @@ def test_spool_is_fifo_bounded_and_survives_a_restart(tmp_path: Path) -> None:
     reopened.remove(rows[0][0])
     assert [c.task_id for _, c in reopened.peek(10)] == ["e1", "e2"] and reopened.depth == 2
     reopened.close()
+
+
+def test_json_log_lines_are_one_object_each_and_redacted() -> None:
+    from listener.logs import setup_logging
+
+    register_secret("json-secret-998877")
+    stream = io.StringIO()
+    handler = setup_logging("json", level=logging.INFO, stream=stream)
+    try:
+        logging.getLogger("listener.unit").info("[WS-Client] token %s used", "json-secret-998877")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    (line,) = [ln for ln in stream.getvalue().splitlines() if "WS-Client" in ln]
+    doc = json.loads(line)
+    assert doc["message"] == "[WS-Client] token *** used"
+    assert doc["level"] == "INFO" and doc["logger"] == "listener.unit"
