@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -429,4 +430,8 @@ def up(  # noqa: PLR0917 - click passes options positionally
         stack.close()
     if stack.failed:
         out(f"FAILED: {stack.failed}")
+    if rc == 0:
+        shutil.rmtree(stack.run_dir, ignore_errors=True)
+    else:
+        out(f"logs kept in {stack.run_dir}/")
     sys.exit(rc)

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,6 +247,9 @@ def test_not_ready_in_time_exits_non_zero_with_the_reason() -> None:
     assert "NOT READY:" in out and "FAILED: not ready within 0.3s" in out
     assert "stopped: all processes" in out
     assert "demo:" not in out
+    kept = re.search(r"logs kept in (\S+)/", out)
+    assert kept is not None, out  # a failed run keeps its logs, and says where
+    shutil.rmtree(kept.group(1))
 
 
 def test_status_when_nothing_runs() -> None:
