@@ -65,6 +65,7 @@ class RedisServer:
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: a terminal's Ctrl-C reaches the owner, who stops it last
         )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
