@@ -117,7 +117,6 @@ class ClientCredentials:
         *,
         timeout_s: float = 10.0,
         refresh_margin_s: float = 30.0,
-        clock: object = time.monotonic,
     ) -> None:
         self.url, self.client_id, self._secret = url, client_id, client_secret
         self.timeout_s, self.refresh_margin_s = timeout_s, refresh_margin_s
