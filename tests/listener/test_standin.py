@@ -193,6 +193,7 @@ def test_auth_failure_then_success_with_a_rotated_token_file(
 
 class _TokenEndpoint(BaseHTTPRequestHandler):
     issued: list[str] = []
+    tokens: list[str] = []  # handed out in turn, then TOKEN
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
@@ -200,12 +201,13 @@ class _TokenEndpoint(BaseHTTPRequestHandler):
         ok = "grant_type=client_credentials" in form and self.headers.get("Authorization", "").startswith(
             "Basic "
         )
+        token = self.tokens.pop(0) if self.tokens and ok else TOKEN
         body = json.dumps(
-            {"access_token": TOKEN, "token_type": "Bearer", "expires_in": 3600}
+            {"access_token": token, "token_type": "Bearer", "expires_in": 3600}
             if ok
             else {"error": "invalid_client"}
         ).encode()
-        self.issued.append(TOKEN if ok else "")
+        self.issued.append(token if ok else "")
         self.send_response(200 if ok else 401)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -222,7 +224,7 @@ def test_oauth2_client_credentials_token_is_fetched_once_and_used(
     topic: str,
     queues: BrokerQueues,
 ) -> None:
-    _TokenEndpoint.issued = []
+    _TokenEndpoint.issued, _TokenEndpoint.tokens = [], []
     iam = ThreadingHTTPServer(("127.0.0.1", 0), _TokenEndpoint)
     threading.Thread(target=iam.serve_forever, daemon=True).start()
     try:
@@ -239,6 +241,33 @@ def test_oauth2_client_credentials_token_is_fetched_once_and_used(
         _publish_when_subscribed(secured_messenger, topic, event("ROUTES_REFRESH", eventId="iam"))
         wait_for(lambda: [t["id"] for t in queues.events()] == ["iam"], what="task")
         assert _TokenEndpoint.issued == [TOKEN]
+    finally:
+        iam.shutdown()
+        iam.server_close()
+
+
+def test_an_auth_error_fetches_a_new_oauth2_token(
+    secured_messenger: MessengerServer,
+    make_listener: Callable[..., Listener],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given a token endpoint whose first token the Messenger does not accept
+    _TokenEndpoint.issued, _TokenEndpoint.tokens = [], ["revoked-token-0001"]
+    iam = ThreadingHTTPServer(("127.0.0.1", 0), _TokenEndpoint)
+    threading.Thread(target=iam.serve_forever, daemon=True).start()
+    try:
+        listener = make_listener(
+            WEBSOCKET_CLIENT_BASEURL=secured_messenger.url,
+            IAM_TOKEN_URL=f"http://127.0.0.1:{iam.server_address[1]}/oauth/token",
+            IAM_CLIENT_ID="proxysync",
+            IAM_CLIENT_SECRET="client-secret-xyz",
+        )
+        # Then the refusal drops the cached token, the next attempt fetches a new one and succeeds
+        wait_for(subscribed(listener), what="subscription with the second token")
+        assert _TokenEndpoint.issued == ["revoked-token-0001", TOKEN]
+        assert listener.metrics.value("proxysync_listener_auth_failures") == 1
+        assert any("refused the credentials" in r.getMessage() for r in caplog.records)
+        assert not any("revoked-token-0001" in r.getMessage() for r in caplog.records)
     finally:
         iam.shutdown()
         iam.server_close()
