@@ -66,6 +66,11 @@ class Dispatcher:
 
     # --- API used by other threads ---
 
+    @property
+    def alive(self) -> bool:
+        """The thread is running (``False`` after a bug killed it: ``/healthz`` then fails)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="listener-dispatch", daemon=True)
         self._thread.start()

@@ -105,7 +105,9 @@ def _serve_http(listener: Listener, port: int) -> ThreadingHTTPServer:
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
-                self._send(200, b'{"status":"ok"}\n', "application/json")
+                alive = listener.supervisor.alive and listener.dispatcher.alive
+                body = json.dumps({"status": "ok" if alive else "dead threads"}) + "\n"
+                self._send(200 if alive else 503, body.encode(), "application/json")
             elif path == "/readyz":
                 ok, detail = listener.ready()
                 self._send(200 if ok else 503, (json.dumps(detail) + "\n").encode(), "application/json")

@@ -123,6 +123,11 @@ class Supervisor:
     def state(self) -> State:
         return self.machine.state
 
+    @property
+    def alive(self) -> bool:
+        """The thread is running (``False`` after a bug killed it: ``/healthz`` then fails)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="listener-supervisor", daemon=True)
         self._thread.start()
@@ -139,6 +144,14 @@ class Supervisor:
     # --- the loop ---
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:
+            log.exception("[WS-Client] connection supervisor crashed (a bug): /healthz now fails")
+            self.metrics.connected.set(0)
+            raise
+
+    def _loop(self) -> None:
         self.machine.handle(Event.START)
         while not self._stop.is_set():
             try:

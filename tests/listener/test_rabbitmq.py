@@ -192,6 +192,7 @@ def test_token_never_appears_in_logs_even_at_debug(
 ) -> None:
     secret = "tok-9f8e7d6c5b4a-very-secret"
     stream = io.StringIO()
+    root_level = logging.getLogger().level
     handler = setup_logging("text", level=logging.DEBUG, stream=stream)
     try:
         listener = make_listener(WEBSOCKET_CLIENT_TOKEN=secret, **rabbit)
@@ -201,6 +202,7 @@ def test_token_never_appears_in_logs_even_at_debug(
         listener.stop(5)
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(root_level)
     text = stream.getvalue()
     assert "authorization:Bearer ***" in text  # stomp.py logged the CONNECT/SUBSCRIBE frames...
     assert secret not in text  # ...with the token redacted

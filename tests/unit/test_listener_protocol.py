@@ -248,11 +248,13 @@ def test_json_log_lines_are_one_object_each_and_redacted() -> None:
 
     register_secret("json-secret-998877")
     stream = io.StringIO()
+    root_level = logging.getLogger().level
     handler = setup_logging("json", level=logging.INFO, stream=stream)
     try:
         logging.getLogger("listener.unit").info("[WS-Client] token %s used", "json-secret-998877")
     finally:
         logging.getLogger().removeHandler(handler)
+        logging.getLogger().setLevel(root_level)
     (line,) = [ln for ln in stream.getvalue().splitlines() if "WS-Client" in ln]
     doc = json.loads(line)
     assert doc["message"] == "[WS-Client] token *** used"
