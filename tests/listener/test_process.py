@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from messenger.server import MessengerServer
 from proxysync import constants as C
 from proxysync.redis_server import free_port
 from tests.listener.conftest import BrokerQueues, wait_for
@@ -81,6 +83,41 @@ def test_sigterm_unsubscribes_disconnects_drains_and_exits_zero(
     assert "SIGTERM received" in out
     assert "Disconnected from the Messenger" in out
     assert "listener stopped (drained)" in out
+
+
+def test_sigterm_against_the_standin_unsubscribes_with_a_disconnect_receipt(
+    redis_url: str, queue_prefix: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    with MessengerServer() as messenger:
+        env = _env(
+            WEBSOCKET_CLIENT_BASEURL=messenger.url,
+            LISTENER_HTTP_PORT=port,
+            LISTENER_SPOOL_PATH=tmp_path / "spool.db",
+            CELERY_BROKER_URL=redis_url,
+            LOG_FORMAT="json",
+        )
+        env[C.QUEUE_PREFIX_ENV] = queue_prefix
+        proc = subprocess.Popen(
+            [PROXYSYNC, "listen"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            wait_for(
+                lambda: proc.poll() is not None or _status(f"http://127.0.0.1:{port}/readyz") == 200,
+                what="/readyz 200",
+            )
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        counters = messenger.stats()["counters"]
+    assert proc.returncode == 0, out
+    assert counters["unsubscribes"] == 1
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any("DISCONNECT receipt received" in doc["message"] for doc in lines), out
+    assert any(doc["message"].startswith("[WS-Client] listener stopped (drained)") for doc in lines)
 
 
 def test_disabled_says_so_and_exits_zero() -> None:

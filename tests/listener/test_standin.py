@@ -274,3 +274,28 @@ def test_an_auth_error_fetches_a_new_oauth2_token(
     finally:
         iam.shutdown()
         iam.server_close()
+
+
+def test_every_frame_is_acked_good_bad_and_oversize(
+    messenger: MessengerServer, make_listener: Callable[..., Listener], topic: str, queues: BrokerQueues
+) -> None:
+    # Given a listener subscribed with ack: client-individual
+    listener = make_listener(WEBSOCKET_CLIENT_BASEURL=messenger.url, WEBSOCKET_CLIENT_MAX_FRAME=64 * 1024)
+    wait_for(subscribed(listener), what="subscription")
+    (sub,) = [s for s in messenger.stats()["subscriptions"] if s["destination"] == C.topic_destination(topic)]
+    assert sub["ack"] == "client-individual"
+    # When a good frame, bad ones and an oversize one arrive
+    bodies = [
+        event("ALL_CACHE_INVALID", eventId="ok-1"),
+        "{not json",
+        event("NOPE"),
+        "o" * 100_000,
+        event("ROUTES_REFRESH", eventId="ok-2"),
+    ]
+    _publish_when_subscribed(messenger, topic, bodies[0])
+    for body in bodies[1:]:
+        messenger.publish(C.topic_destination(topic), body)
+    # Then the good ones are tasks, and every one of the five was ACKed (none left pending)
+    wait_for(lambda: len(queues.events()) == 2, what="two tasks")
+    wait_for(lambda: sum(messenger.stats()["acks"].values()) == 5, what="five ACKs")
+    assert messenger.stats()["pending_acks"] == 0
