@@ -299,3 +299,37 @@ def test_every_frame_is_acked_good_bad_and_oversize(
     wait_for(lambda: len(queues.events()) == 2, what="two tasks")
     wait_for(lambda: sum(messenger.stats()["acks"].values()) == 5, what="five ACKs")
     assert messenger.stats()["pending_acks"] == 0
+
+
+def test_a_full_spool_says_so_loudly_and_counts_what_it_could_not_keep(
+    messenger: MessengerServer,
+    make_listener: Callable[..., Listener],
+    topic: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given no broker at all and room for 3 spooled tasks
+    listener = make_listener(
+        WEBSOCKET_CLIENT_BASEURL=messenger.url,
+        CELERY_BROKER_URL="redis://127.0.0.1:9/0",
+        WEBSOCKET_CLIENT_GAP_POLICY="none",
+        spool_max=3,
+    )
+    wait_for(subscribed(listener), what="subscription")
+    # When 5 events arrive
+    _publish_when_subscribed(messenger, topic, event("ALL_CACHE_INVALID", eventId="s-0"))
+    for i in range(1, 5):
+        messenger.publish(C.topic_destination(topic), event("ALL_CACHE_INVALID", eventId=f"s-{i}"))
+    # Then 3 are on disk, 2 are counted as dropped with an ERROR line each, and only the 3 kept were ACKed
+    wait_for(
+        lambda: listener.metrics.value("proxysync_listener_frames_rejected", reason="spool_full") == 2,
+        what="two spool_full rejections",
+    )
+    assert listener.spool.depth == 3 and [c.task_id for _, c in listener.spool.peek()] == [
+        "s-0",
+        "s-1",
+        "s-2",
+    ]
+    assert len([r for r in caplog.records if "SPOOL FULL" in r.getMessage() and r.levelname == "ERROR"]) == 2
+    wait_for(lambda: sum(messenger.stats()["acks"].values()) == 3, what="three ACKs")
+    assert messenger.stats()["pending_acks"] == 2
+    assert listener.ready()[0] is False
