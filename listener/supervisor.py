@@ -183,7 +183,9 @@ class Supervisor:
         """Subscribe, run the gap policy, wait for the end. ``True`` when the listener is stopping."""
         self.machine.handle(Event.CONNECTED)
         framing = "SockJS-framed" if session.transport.target.framing == "sockjs" else "plain WebSocket"
-        log.info("[WS-Client] STOMP session established (%s, %s).", session.transport.target.url, framing)
+        url = session.transport.target.url
+        log.info("[WS-Client] Connected to WebSocket server: true (%s, %s)", url, framing)
+        log.info("[WS-Client] STOMP session established.")
         started = monotonic()
         try:
             self._subscribe(session)
