@@ -212,7 +212,11 @@ class Supervisor:
             self.metrics.auth_failures.inc()
             self.tokens.invalidate()
         self.backoff.session_ended(monotonic() - started)
-        log.warning("[WS-Client] Transport error: %s", reason)
+        if auth:
+            log.error("[WS-Client] Messenger refused the credentials (%s): new token on the next attempt",
+                      reason)
+        else:
+            log.warning("[WS-Client] Transport error: %s", reason)
         return False
 
     def _pause(self) -> bool:
