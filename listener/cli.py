@@ -37,7 +37,8 @@ def listen(config: Path | None, log_level: str) -> None:
     setup_logging(settings.log_format, level=getattr(logging, log_level.upper()))
     if not settings.enabled:
         logging.getLogger("listener").info(
-            "[WS-Client] WebSocket client is disabled (WEBSOCKET_CLIENT_ENABLED=false): nothing to do")
+            "[WS-Client] WebSocket client is disabled (WEBSOCKET_CLIENT_ENABLED=false): nothing to do"
+        )
         sys.exit(0)
     from listener.service import run  # Celery and friends: only when there is something to run
 

@@ -213,8 +213,9 @@ class Supervisor:
             self.tokens.invalidate()
         self.backoff.session_ended(monotonic() - started)
         if auth:
-            log.error("[WS-Client] Messenger refused the credentials (%s): new token on the next attempt",
-                      reason)
+            log.error(
+                "[WS-Client] Messenger refused the credentials (%s): new token on the next attempt", reason
+            )
         else:
             log.warning("[WS-Client] Transport error: %s", reason)
         return False
@@ -232,8 +233,9 @@ class Supervisor:
     def _open(self) -> Session:
         s = self.settings
         token = self.tokens.get()
-        target = resolve_target(s.transport, s.url, token=token, ca_bundle=s.ca_bundle,
-                                timeout_s=self.connect_timeout_s)
+        target = resolve_target(
+            s.transport, s.url, token=token, ca_bundle=s.ca_bundle, timeout_s=self.connect_timeout_s
+        )
         header = [f"Authorization: Bearer {token}"] if token else []
         transport = MessengerTransport(
             target,
@@ -318,8 +320,12 @@ class Supervisor:
                 session.receipt.wait(0.05)
         except Exception as exc:
             log.info("[WS-Client] clean disconnect failed (%s): closing the socket", exc)
-        how = ("DISCONNECT receipt received" if session.receipt.is_set() else
-               "the Messenger closed the session after DISCONNECT" if session.ended.is_set() else
-               f"no DISCONNECT receipt within {wait_s:.0f}s")
+        how = (
+            "DISCONNECT receipt received"
+            if session.receipt.is_set()
+            else "the Messenger closed the session after DISCONNECT"
+            if session.ended.is_set()
+            else f"no DISCONNECT receipt within {wait_s:.0f}s"
+        )
         session.close()
         log.info("[WS-Client] Disconnected from the Messenger (%s)", how)

@@ -294,8 +294,12 @@ class MessengerTransport(BaseTransport):  # type: ignore[misc]
 
     def _refuse(self, data: bytes, size: int) -> bytes:
         self.oversize += 1
-        log.warning("[WS-Client] refused a %d-byte frame (WEBSOCKET_CLIENT_MAX_FRAME=%d): "
-                    "it will be ACKed and counted, not dispatched", size, self.max_frame)
+        log.warning(
+            "[WS-Client] refused a %d-byte frame (WEBSOCKET_CLIENT_MAX_FRAME=%d): "
+            "it will be ACKed and counted, not dispatched",
+            size,
+            self.max_frame,
+        )
         return frames.oversize_stub(data, size)
 
     def _unwrap(self, data: bytes) -> bytes | None:

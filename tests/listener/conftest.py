@@ -167,8 +167,10 @@ def rabbit_vhost() -> str:
     """A vhost of the listener tests' own, so closing "our" connections never touches anyone else's."""
     if shutil.which("rabbitmqctl") is None:
         unavailable("rabbitmqctl is needed to make the listener tests' vhost and to drop its connections")
-    for args in (["add_vhost", RABBIT_TEST_VHOST],
-                 ["set_permissions", "-p", RABBIT_TEST_VHOST, "guest", ".*", ".*", ".*"]):
+    for args in (
+        ["add_vhost", RABBIT_TEST_VHOST],
+        ["set_permissions", "-p", RABBIT_TEST_VHOST, "guest", ".*", ".*", ".*"],
+    ):
         subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60, check=False)
     return RABBIT_TEST_VHOST
 

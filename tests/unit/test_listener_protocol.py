@@ -90,7 +90,7 @@ def test_oversize_stub_of_anything_else_is_a_heartbeat(raw: bytes) -> None:
 
 
 def test_headers_of_a_truncated_sockjs_frame_are_recovered() -> None:
-    stomp_frame = "MESSAGE\nmessage-id:m-1\nsubscription:s\ncontent-length:9999999\n\n" + "é\"x" * 1000
+    stomp_frame = "MESSAGE\nmessage-id:m-1\nsubscription:s\ncontent-length:9999999\n\n" + 'é"x' * 1000
     framed = ("a" + json.dumps([stomp_frame], ensure_ascii=False)).encode()[:500]
     head = frames.headers_of_truncated(framed, True)
     assert head == b"MESSAGE\nmessage-id:m-1\nsubscription:s\ncontent-length:9999999\n\n"
