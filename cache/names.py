@@ -4,11 +4,15 @@ Everything lives under one prefix (``proxysync`` by default)::
 
     {p}:epoch                       current epoch (invalidate_all bumps it: O(1))
     {p}:seq                         invalidation sequence number (stale-fill guard)
-    {p}:e:{epoch}:{key}             an entry: hash {v: JSON value, s: service name or ""}
-    {p}:ix:{epoch}:all              zset key -> expiry ms (+inf without TTL): entry count, reclaim
-    {p}:ix:{epoch}:ta:{tenant}#{app}      zset, the tenant+app secondary index
-    {p}:ix:{epoch}:ts:{tenant}#{service}  zset, the tenant+service secondary index
-    {p}:ix:{epoch}:names            set of the epoch's ta/ts index names (reclaim)
+    {p}:ix:{epoch}:h:{tenant}#{app}   hash key -> "expiry_ms|inf TAB service TAB json": the scope's entries
+                                      (clear(tenant, app) UNLINKs it whole: O(1) commands)
+    {p}:ix:{epoch}:x:{tenant}#{app}   zset key -> expiry ms (+inf without TTL): live count, pruning
+    {p}:ix:{epoch}:s:{tenant}#{app}   set of the services present in the scope
+    {p}:ix:{epoch}:tas:{tenant}#{app}#{service}  zset key -> expiry: the scope's entries of one service
+    {p}:ix:{epoch}:ts:{tenant}#{service}         set of the tenant+app scopes holding the service
+    {p}:ix:{epoch}:tas              set of the epoch's tenant+app scopes (count)
+    {p}:ix:{epoch}:n                entries stored in the epoch (invalidate_all's count, without a walk)
+    {p}:ix:{epoch}:names            set of every structure name of the epoch (reclaim)
     {p}:inv:k:{key} / inv:ta:{t}#{a} / inv:ts:{t}#{s}   seq of the scope's last invalidation (short TTL)
     {p}:reclaim                     set of old epochs whose space is still to be reclaimed
     {p}:done:{event_id}             idempotency marker of an applied event

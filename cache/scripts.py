@@ -5,6 +5,14 @@ sequence + append the feed entry + mark the event applied) and a fill (check not
 invalidated since the load began + write entry and indexes) cannot interleave, so a value loaded before an
 invalidation began can never be written after it finished.
 
+Layout (see cache/names.py): the entries of one tenant+app live together in one hash, so
+``clear(tenant, app)`` is a handful of UNLINKs whatever the number of entries (Redis frees big values in a
+background thread), and no per-entry key has to be touched: per-key work costs microseconds each and grows
+with the keyspace (memory misses), which is what a 10 k clear among 1 M entries must avoid.
+``clear_by_name`` walks its tenant+app+service indexes (O(entries removed)). A field holds
+``expiry_ms|inf <TAB> service <TAB> json``; expired fields are invisible, pruned on writes to their
+tenant+app, and a whole scope expires with its last entry (PEXPIREAT).
+
 Names are built inside the scripts from the prefix passed in ARGV[1]; that suits a single Redis server or a
 replicated one (not Redis Cluster, which would need every name in KEYS).
 """
@@ -14,111 +22,114 @@ from __future__ import annotations
 # Helpers shared by the scripts (prepended to each one).
 _LIB = r"""
 local P = ARGV[1]
-local INF = '+inf'
 local function current_epoch() return tonumber(redis.call('GET', P .. ':epoch') or '0') end
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
-local function entry_name(e, key) return P .. ':e:' .. e .. ':' .. key end
 local function ix_base(e) return P .. ':ix:' .. e end
--- keep an index: add/refresh the member, drop members whose entries expired,
--- expire the index with its last member
-local function ix_touch(ix, member, score, now, names)
-  redis.call('ZADD', ix, score, member)
-  redis.call('ZREMRANGEBYSCORE', ix, '-inf', '(' .. now)
-  local top = redis.call('ZRANGE', ix, -1, -1, 'WITHSCORES')
-  if top[2] == nil or top[2] == 'inf' then redis.call('PERSIST', ix)
-  else redis.call('PEXPIREAT', ix, top[2]) end
-  if names then redis.call('SADD', names, ix) end
+local function ta_of(key) return string.match(key, '^([^#]+#[^#]+)#') end
+-- a stored field: expiry ('inf' or ms), service ('' for none), JSON value
+local function parse(raw)
+  local i = string.find(raw, '\t', 1, true)
+  local j = string.find(raw, '\t', i + 1, true)
+  return string.sub(raw, 1, i - 1), string.sub(raw, i + 1, j - 1), string.sub(raw, j + 1)
 end
-local function write_entry(e, key, tenant, ta, value, service, ttl_ms, now)
-  local en = entry_name(e, key)
-  local old_s = redis.call('HGET', en, 's')
-  redis.call('HSET', en, 'v', value, 's', service)
-  local score = INF
-  if ttl_ms > 0 then
-    redis.call('PEXPIRE', en, ttl_ms)
-    score = now + ttl_ms
-  else
-    redis.call('PERSIST', en)
-  end
-  local base = ix_base(e)
-  local names = base .. ':names'
-  ix_touch(base .. ':all', key, score, now, nil)
-  ix_touch(base .. ':ta:' .. ta, key, score, now, names)
-  if service ~= '' then ix_touch(base .. ':ts:' .. tenant .. '#' .. service, key, score, now, names) end
-  if old_s and old_s ~= '' and old_s ~= service then
-    redis.call('ZREM', base .. ':ts:' .. tenant .. '#' .. old_s, key)
-  end
+local function live(exp, now) return exp == 'inf' or tonumber(exp) > now end
+-- the names of one tenant+app scope (and of one of its services)
+local function scope(e, ta)
+  local b = ix_base(e)
+  return b .. ':h:' .. ta, b .. ':x:' .. ta, b .. ':s:' .. ta
 end
--- call cmd(name, ...) with the items of list as trailing arguments, in chunks (Lua's unpack is limited); the
--- sum of the replies. Each redis.call costs microseconds: batching keeps a 10 k clear in milliseconds.
+local function tas_name(e, ta, s) return ix_base(e) .. ':tas:' .. ta .. '#' .. s end
+local function ts_name(e, tenant, s) return ix_base(e) .. ':ts:' .. tenant .. '#' .. s end
+-- call cmd(name, ...) with the items of list as trailing arguments, in chunks (Lua's unpack is limited)
 local CHUNK = 1000
 local function chunked(cmd, name, list)
   local n = 0
   for i = 1, #list, CHUNK do
-    local last = math.min(i + CHUNK - 1, #list)
-    if name then n = n + redis.call(cmd, name, unpack(list, i, last))
-    else n = n + redis.call(cmd, unpack(list, i, last)) end
+    n = n + redis.call(cmd, name, unpack(list, i, math.min(i + CHUNK - 1, #list)))
   end
   return n
 end
--- drop entries and every index membership they have; skip_ix is an index already being deleted whole;
--- svcs (optional, aligned with keys) are the entries' services, else read one HGET per key
-local function drop_keys(e, keys, skip_ix, svcs)
-  local base = ix_base(e)
-  local pre = entry_name(e, '')  -- built once: concatenating the epoch number per key costs a sprintf each
-  local names, by_ta, by_ts = {}, {}, {}  -- 'tenant#app' / 'tenant#service' -> member keys
-  local function later(groups, name, key)
-    local t = groups[name]
-    if not t then t = {}; groups[name] = t end
-    t[#t + 1] = key
-  end
+-- expire a scope structure with its last-expiring member
+local function expire_like(name, zset)
+  local top = redis.call('ZRANGE', zset, -1, -1, 'WITHSCORES')
+  if top[2] == nil then return end
+  if top[2] == 'inf' then redis.call('PERSIST', name) else redis.call('PEXPIREAT', name, top[2]) end
+end
+-- forget keys of one tenant+app whose services are known: their fields, expiry and service-index members
+local function forget(e, ta, keys, svcs)
+  local h, x = scope(e, ta)
+  local by_s = {}
   for i = 1, #keys do
-    local key = keys[i]
-    local en = pre .. key
-    local s
-    if svcs then s = svcs[i] else s = redis.call('HGET', en, 's') end
-    names[i] = en
-    local ta, tenant = string.match(key, '^(([^#]+)#[^#]+)#')
-    if ta then
-      later(by_ta, ta, key)
-      if s and s ~= '' then later(by_ts, tenant .. '#' .. s, key) end
+    local s = svcs[i]
+    if s ~= '' then
+      local t = by_s[s]
+      if not t then t = {}; by_s[s] = t end
+      t[#t + 1] = keys[i]
     end
   end
-  local removed = chunked('UNLINK', nil, names)
-  chunked('ZREM', base .. ':all', keys)
-  for name, members in pairs(by_ta) do
-    if base .. ':ta:' .. name ~= skip_ix then chunked('ZREM', base .. ':ta:' .. name, members) end
-  end
-  for name, members in pairs(by_ts) do
-    if base .. ':ts:' .. name ~= skip_ix then chunked('ZREM', base .. ':ts:' .. name, members) end
-  end
-  return removed
+  local n = chunked('HDEL', h, keys)
+  chunked('ZREM', x, keys)
+  for s, members in pairs(by_s) do chunked('ZREM', tas_name(e, ta, s), members) end
+  redis.call('DECRBY', ix_base(e) .. ':n', n)
+  return n
 end
--- an index's members and their entries' services in one command: SORT ... GET {entry}->s reads every hash
--- field server-side instead of one HGET per key (the prefix must not hold '*' or '->': then nil, use HGET)
-local function members_and_services(e, ix)
-  if string.find(P, '*', 1, true) or string.find(P, '->', 1, true) then
-    return redis.call('ZRANGE', ix, 0, -1), nil
+-- drop (a bounded batch of) the scope's expired fields, so dead entries do not pile up in its indexes
+local function prune(e, ta, now)
+  local h, x = scope(e, ta)
+  local dead = redis.call('ZRANGEBYSCORE', x, '-inf', '(' .. now, 'LIMIT', 0, 100)
+  if #dead == 0 then return end
+  local svcs = {}
+  local raws = redis.call('HMGET', h, unpack(dead))
+  for i = 1, #dead do
+    if raws[i] then local _, s = parse(raws[i]); svcs[i] = s else svcs[i] = '' end
   end
-  local flat = redis.call('SORT', ix, 'BY', 'nosort', 'GET', '#', 'GET', entry_name(e, '*') .. '->s')
-  local keys, svcs = {}, {}
-  for i = 1, #flat, 2 do
-    keys[#keys + 1] = flat[i]
-    svcs[#svcs + 1] = flat[i + 1]
+  forget(e, ta, dead, svcs)
+end
+local function write_entry(e, key, tenant, ta, value, service, ttl_ms, now)
+  local h, x, sset = scope(e, ta)
+  local names = ix_base(e) .. ':names'
+  prune(e, ta, now)
+  local old = redis.call('HGET', h, key)
+  local score = 'inf'
+  if ttl_ms > 0 then score = string.format('%d', now + ttl_ms) end
+  if redis.call('HSET', h, key, score .. '\t' .. service .. '\t' .. value) == 1 then
+    redis.call('INCR', ix_base(e) .. ':n')
   end
-  return keys, svcs
+  redis.call('ZADD', x, score, key)
+  expire_like(h, x)
+  expire_like(x, x)
+  if old then
+    local _, old_s = parse(old)
+    if old_s ~= '' and old_s ~= service then redis.call('ZREM', tas_name(e, ta, old_s), key) end
+  end
+  if service ~= '' then
+    local tas = tas_name(e, ta, service)
+    local ts = ts_name(e, tenant, service)
+    redis.call('ZADD', tas, score, key)
+    expire_like(tas, tas)
+    redis.call('SADD', sset, service)
+    redis.call('SADD', ts, ta)
+    redis.call('SADD', names, tas, ts, sset)
+  end
+  redis.call('SADD', names, h, x)
+  redis.call('SADD', ix_base(e) .. ':tas', ta)
 end
 """
 
 # get: ARGV 1 prefix, 2 key -> {1, value, service or ''} or {0, epoch, seq, now_ms} (get_or_load's fill token)
 GET = _LIB + r"""
 local e = current_epoch()
-local vs = redis.call('HMGET', entry_name(e, ARGV[2]), 'v', 's')
-if vs[1] then return {1, vs[1], vs[2] or ''} end
-return {0, e, tonumber(redis.call('GET', P .. ':seq') or '0'), now_ms()}
+local now = now_ms()
+local h = scope(e, ta_of(ARGV[2]))
+local raw = redis.call('HGET', h, ARGV[2])
+if raw then
+  local exp, s, v = parse(raw)
+  if live(exp, now) then return {1, v, s} end
+end
+return {0, e, tonumber(redis.call('GET', P .. ':seq') or '0'), now}
 """
 
 # put: ARGV 1 prefix, 2 key, 3 tenant, 4 tenant#app, 5 value, 6 service, 7 ttl_ms -> 1
@@ -142,7 +153,8 @@ local function newer(name)
 end
 if newer(P .. ':inv:k:' .. ARGV[2]) or newer(P .. ':inv:ta:' .. ARGV[4]) then return 0 end
 if ARGV[6] ~= '' and newer(P .. ':inv:ts:' .. ARGV[3] .. '#' .. ARGV[6]) then return 0 end
-if redis.call('EXISTS', entry_name(e, ARGV[2])) == 1 then return 2 end
+local raw = redis.call('HGET', scope(e, ARGV[4]), ARGV[2])
+if raw and live(parse(raw), now) then return 2 end
 write_entry(e, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], tonumber(ARGV[7]), now)
 return 1
 """
@@ -164,22 +176,54 @@ local mttl = tonumber(ARGV[6])
 local a, b = ARGV[7], ARGV[8]
 local removed = 0
 local fields = {'op', op}
+local function mark(name)
+  redis.call('SET', P .. ':inv:' .. name, redis.call('INCR', P .. ':seq'), 'PX', mttl)
+end
 if op == 'delete' then
-  removed = drop_keys(e, {a}, nil)
-  redis.call('SET', P .. ':inv:k:' .. a, redis.call('INCR', P .. ':seq'), 'PX', mttl)
+  local ta = ta_of(a)
+  local h = scope(e, ta)
+  local raw = redis.call('HGET', h, a)
+  if raw then
+    local exp, s = parse(raw)
+    if live(exp, now) then removed = 1 end
+    forget(e, ta, {a}, {s})
+  end
+  mark('k:' .. a)
   local t, app = string.match(a, '^([^#]+)#([^#]+)#')
   for _, x in ipairs({'key', a, 'tenant_id', t, 'app_id', app}) do table.insert(fields, x) end
-elseif op == 'clear' or op == 'clear_service' then
-  local kind = (op == 'clear') and 'ta' or 'ts'
-  local ix = base .. ':' .. kind .. ':' .. a .. '#' .. b
-  local keys, svcs = members_and_services(e, ix)
-  removed = drop_keys(e, keys, ix, svcs)
-  redis.call('UNLINK', ix)
-  redis.call('SET', P .. ':inv:' .. kind .. ':' .. a .. '#' .. b, redis.call('INCR', P .. ':seq'), 'PX', mttl)
-  local second = (op == 'clear') and 'app_id' or 'service_name'
-  for _, x in ipairs({'tenant_id', a, second, b}) do table.insert(fields, x) end
+elseif op == 'clear' then
+  -- O(services of the scope) commands, whatever its size: the scope's hash and indexes go whole
+  local ta = a .. '#' .. b
+  local h, x, sset = scope(e, ta)
+  removed = redis.call('ZCOUNT', x, now, '+inf')
+  redis.call('DECRBY', base .. ':n', redis.call('HLEN', h))
+  for _, s in ipairs(redis.call('SMEMBERS', sset)) do
+    redis.call('UNLINK', tas_name(e, ta, s))
+    redis.call('SREM', ts_name(e, a, s), ta)
+  end
+  redis.call('UNLINK', h, x, sset)
+  redis.call('SREM', base .. ':tas', ta)
+  mark('ta:' .. ta)
+  for _, x in ipairs({'tenant_id', a, 'app_id', b}) do table.insert(fields, x) end
+elseif op == 'clear_service' then
+  -- O(entries removed): each tenant+app holding the service gives up exactly those keys
+  local ts = ts_name(e, a, b)
+  for _, ta in ipairs(redis.call('SMEMBERS', ts)) do
+    local tas = tas_name(e, ta, b)
+    removed = removed + redis.call('ZCOUNT', tas, now, '+inf')
+    local keys = redis.call('ZRANGE', tas, 0, -1)
+    local h, x, sset = scope(e, ta)
+    redis.call('DECRBY', base .. ':n', chunked('HDEL', h, keys))
+    chunked('ZREM', x, keys)
+    redis.call('UNLINK', tas)
+    redis.call('SREM', sset, b)
+  end
+  redis.call('UNLINK', ts)
+  mark('ts:' .. a .. '#' .. b)
+  for _, x in ipairs({'tenant_id', a, 'service_name', b}) do table.insert(fields, x) end
 elseif op == 'invalidate_all' then
-  removed = redis.call('ZCOUNT', base .. ':all', now, '+inf')
+  -- entries stored in the epoch (expired ones not yet pruned included): one GET, no walk
+  removed = math.max(tonumber(redis.call('GET', base .. ':n') or '0'), 0)
   redis.call('INCR', P .. ':epoch')
   redis.call('INCR', P .. ':seq')
   redis.call('SADD', P .. ':reclaim', e)
@@ -195,28 +239,33 @@ if event_id ~= '' then redis.call('SET', P .. ':done:' .. event_id, '1', 'PX', t
 return {removed, id}
 """
 
-# reclaim: free one batch of an old epoch's space. ARGV 1 prefix, 2 batch -> {entries freed, epochs left}
+# reclaim: free one batch of an old epoch's structures (each UNLINK frees a whole scope, big ones in Redis'
+# background thread). ARGV 1 prefix, 2 batch -> {entries freed, epochs left}
 RECLAIM = _LIB + r"""
 local old = redis.call('SRANDMEMBER', P .. ':reclaim')
 if not old then return {0, 0} end
-local batch = tonumber(ARGV[2])
 local base = ix_base(old)
-local members = redis.call('ZRANGE', base .. ':all', 0, batch - 1)
-local entries = {}
-for i, key in ipairs(members) do entries[i] = entry_name(old, key) end
-local freed = chunked('UNLINK', nil, entries)
-chunked('ZREM', base .. ':all', members)
-if #members < batch then
-  chunked('UNLINK', nil, redis.call('SPOP', base .. ':names', batch))
-  if redis.call('SCARD', base .. ':names') == 0 then
-    redis.call('UNLINK', base .. ':all', base .. ':names')
-    redis.call('SREM', P .. ':reclaim', old)
-  end
+local names = redis.call('SPOP', base .. ':names', tonumber(ARGV[2]))
+local freed = 0
+for _, name in ipairs(names) do
+  if string.find(name, base .. ':h:', 1, true) == 1 then freed = freed + redis.call('HLEN', name) end
+end
+for i = 1, #names, CHUNK do redis.call('UNLINK', unpack(names, i, math.min(i + CHUNK - 1, #names))) end
+if redis.call('SCARD', base .. ':names') == 0 then
+  redis.call('UNLINK', base .. ':names', base .. ':n', base .. ':tas')
+  redis.call('SREM', P .. ':reclaim', old)
 end
 return {freed, redis.call('SCARD', P .. ':reclaim')}
 """
 
-# count: ARGV 1 prefix -> live entries in the current epoch
+# count: ARGV 1 prefix -> live entries in the current epoch (O(tenant+app scopes): for status and tests)
 COUNT = _LIB + r"""
-return redis.call('ZCOUNT', ix_base(current_epoch()) .. ':all', now_ms(), '+inf')
+local e = current_epoch()
+local now = now_ms()
+local n = 0
+for _, ta in ipairs(redis.call('SMEMBERS', ix_base(e) .. ':tas')) do
+  local _, x = scope(e, ta)
+  n = n + redis.call('ZCOUNT', x, now, '+inf')
+end
+return n
 """

@@ -250,15 +250,15 @@ class RouteAuthCache:
                           event_id=event_id).removed
 
     def invalidate_all(self, *, event_id: str | None = None) -> int:
-        """Drop everything in O(1) (epoch bump); returns how many live entries that hid.
-
-        See :meth:`reclaim`."""
+        """Drop everything in O(1) (epoch bump); returns how many entries that hid (read from a counter:
+        entries that expired but were not yet pruned are included). See :meth:`reclaim`."""
         return self.apply(Op.INVALIDATE_ALL, event_id=event_id).removed
 
     # -- housekeeping ----------------------------------------------------------------------------------------
 
     def reclaim(self, *, batch: int = 2000, max_batches: int | None = None) -> int:
-        """Free the space of entries hidden by ``invalidate_all``, one bounded batch per round trip."""
+        """Free the space of entries hidden by ``invalidate_all``, one bounded batch per round trip
+        (``batch`` structures, each a whole tenant+app scope or index, UNLINKed); returns entries freed."""
         freed = 0
         rounds = 0
         while max_batches is None or rounds < max_batches:
@@ -275,7 +275,7 @@ class RouteAuthCache:
             return int(self.redis.scard(f"{self.prefix}:reclaim"))  # type: ignore[arg-type]
 
     def count(self) -> int:
-        """Live entries (current epoch)."""
+        """Live entries (current epoch); O(tenant+app scopes): for status and tests, not hot paths."""
         with redis_errors("count"):
             return int(self._count(args=[self.prefix]))
 

@@ -93,7 +93,7 @@ def test_authentication_refused_is_permanent(private_redis: RedisServer) -> None
 
 
 def test_wrong_type_is_permanent(cache: RouteAuthCache, redis_client: redis.Redis, prefix: str) -> None:
-    redis_client.set(f"{prefix}:e:0:{K1}", "not a hash")
+    redis_client.set(f"{prefix}:ix:0:h:tenant-1#app-1", "not a hash")
     with pytest.raises(CachePermanentError, match="WRONGTYPE"):
         cache.get(K1)
     redis_client.set(f"{prefix}:epoch", "not a number")
@@ -106,15 +106,15 @@ def test_a_failed_change_is_not_marked_applied(
 ) -> None:
     # Given an index damaged so that the clear script fails midway
     cache.put(K1, 1)
-    redis_client.delete(f"{prefix}:ix:0:ta:tenant-1#app-1")
-    redis_client.set(f"{prefix}:ix:0:ta:tenant-1#app-1", "damaged")
+    redis_client.delete(f"{prefix}:ix:0:x:tenant-1#app-1")
+    redis_client.set(f"{prefix}:ix:0:x:tenant-1#app-1", "damaged")
     with pytest.raises(CachePermanentError, match="WRONGTYPE"):
         cache.clear("tenant-1", "app-1", event_id="ev-1")
     # Then the event is not recorded as applied and no feed entry was written
     assert not cache.was_applied("ev-1")
     assert cache.feed_length() == 0
     # And once repaired, the retry (same event id) is applied, not dropped as a duplicate
-    redis_client.delete(f"{prefix}:ix:0:ta:tenant-1#app-1")
+    redis_client.delete(f"{prefix}:ix:0:x:tenant-1#app-1")
     result = cache.apply("clear", tenant_id="tenant-1", app_id="app-1", event_id="ev-1")
     assert not result.duplicate
     assert cache.was_applied("ev-1")

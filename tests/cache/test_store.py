@@ -50,8 +50,8 @@ def test_ttl_expiry(cache: RouteAuthCache, redis_client: redis.Redis, prefix: st
     assert cache.get(K1) == 1
     wait_for(lambda: cache.get(K1) is None, "the 0.3 s entry to expire")
     assert cache.get(K2) == 2
-    assert redis_client.pttl(f"{prefix}:e:0:{K2}") == -1
-    assert 0 < redis_client.pttl(f"{prefix}:e:0:{K_OTHER_APP}") <= 60_000
+    assert redis_client.pttl(f"{prefix}:ix:0:h:tenant-1#app-1") == -1  # the scope lives while K2 does
+    assert 0 < redis_client.pttl(f"{prefix}:ix:0:h:tenant-1#app-2") <= 60_000  # and expires with its last
     assert cache.count() == 2
 
 
@@ -117,12 +117,14 @@ def test_clear_removes_exactly_the_tenant_app(
     assert all(cache.get(k) is None for k in scope)
     assert cache.count() == 4
     assert cache.get(K_OTHER_APP) == {"serviceName": "svc0"}
-    assert not redis_client.exists(f"{prefix}:ix:0:ta:tenant-1#app-1")
-    assert members(redis_client, f"{prefix}:ix:0:ts:tenant-1#svc0") == {
-        K_OTHER_APP,
-        "tenant-1#app-10#/r1#CONFIG#prod",
+    ix = f"{prefix}:ix:0"
+    assert not redis_client.exists(*(f"{ix}:{kind}:tenant-1#app-1" for kind in ("h", "x", "s")))
+    assert not [k for k in keys_under(redis_client, prefix) if k.startswith(f"{ix}:tas:tenant-1#app-1#")]
+    assert {m.decode() for m in redis_client.smembers(f"{ix}:ts:tenant-1#svc0")} == {
+        "tenant-1#app-2",
+        "tenant-1#app-10",
     }
-    assert not any(k.startswith(f"{prefix}:e:0:tenant-1#app-1#") for k in keys_under(redis_client, prefix))
+    assert members(redis_client, f"{ix}:tas:tenant-1#app-2#svc0") == {K_OTHER_APP}
     assert cache.clear("tenant-1", "app-1") == 0
 
 
@@ -148,15 +150,15 @@ def test_overwrite_moves_an_entry_between_services(
     cache.put(K1, {"serviceName": "old"})
     cache.put(K2, {"serviceName": "old"})
     cache.put(K1, {"serviceName": "new"})
-    assert members(redis_client, f"{prefix}:ix:0:ts:tenant-1#old") == {K2}
-    assert members(redis_client, f"{prefix}:ix:0:ts:tenant-1#new") == {K1}
+    assert members(redis_client, f"{prefix}:ix:0:tas:tenant-1#app-1#old") == {K2}
+    assert members(redis_client, f"{prefix}:ix:0:tas:tenant-1#app-1#new") == {K1}
     assert cache.clear_by_name("tenant-1", "old") == 1
     assert cache.get(K1) == {"serviceName": "new"}
     cache.put(K1, {"no": "service"})  # and out of every service index
-    assert not redis_client.exists(f"{prefix}:ix:0:ts:tenant-1#new")
+    assert not redis_client.exists(f"{prefix}:ix:0:tas:tenant-1#app-1#new")
     assert cache.clear_by_name("tenant-1", "new") == 0
     assert cache.get(K1) == {"no": "service"}
-    assert members(redis_client, f"{prefix}:ix:0:all") == {K1}
+    assert {k.decode() for k in redis_client.hkeys(f"{prefix}:ix:0:h:tenant-1#app-1")} == {K1}
 
 
 def test_expired_entries_do_not_pile_up_in_indexes(
@@ -173,12 +175,15 @@ def test_expired_entries_do_not_pile_up_in_indexes(
         if rnd < 2:
             wait_for(lambda: cache.count() == 0, "a round to expire")
     # Then the indexes hold the live entries only (expired members are pruned on write, not kept forever)
-    for ix in ("all", "ta:t#a", "ts:t#s"):
+    assert redis_client.hlen(f"{prefix}:ix:0:h:t#a") == 20
+    for ix in ("x:t#a", "tas:t#a#s"):
         assert redis_client.zcard(f"{prefix}:ix:0:{ix}") == 20, ix
     # And an index whose members all expired disappears by itself
     cache.put("t#gone#/x#K#e", {"serviceName": "gone"}, ttl=0.2)
     wait_for(
-        lambda: not redis_client.exists(f"{prefix}:ix:0:ta:t#gone", f"{prefix}:ix:0:ts:t#gone"),
+        lambda: not redis_client.exists(
+            f"{prefix}:ix:0:h:t#gone", f"{prefix}:ix:0:x:t#gone", f"{prefix}:ix:0:tas:t#gone#gone"
+        ),
         "the indexes of an expired-only scope to expire",
     )
     assert cache.clear("t", "a") == 20
