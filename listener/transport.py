@@ -77,17 +77,22 @@ def resolve_target(
 
 
 class BoundedFrameBuffer(frame_buffer):  # type: ignore[misc]
-    """websocket-client's frame reader, except that a frame longer than ``limit`` is never held in memory.
+    """websocket-client's frame reader, except that a message longer than ``limit`` is never held in memory.
 
-    Its first ``keep`` bytes (where the STOMP headers are) are kept and the rest is read and thrown away as it
-    arrives; :attr:`truncated` then holds the frame's real length. Resumable across read timeouts, like the
-    original (all progress lives on ``self``). Server frames are unmasked (RFC 6455 section 5.1).
+    Counted per *message* (RFC 6455 section 5.4: a message may be fragmented; control frames may be
+    interleaved and do not count). Once a message exceeds ``limit``, the rest of its payload is read and
+    thrown away as it arrives, keeping only the first ``keep`` bytes of a first fragment (where the STOMP
+    headers are); when its final fragment has been read, :attr:`truncated` holds the message's real length
+    (``None`` for a message read whole). Resumable across read timeouts like the original: all progress
+    lives on ``self``. Server frames are unmasked (RFC 6455 section 5.1).
     """
 
     def __init__(self, recv_fn: Any, *, limit: int, keep: int = 64 * 1024) -> None:
         super().__init__(recv_fn, True)
         self.limit, self.keep = limit, keep
         self.truncated: int | None = None
+        self._message = 0  # data bytes of the current message so far, this frame included once counted
+        self._counted = False  # this frame's length is in _message (the read may resume after a timeout)
         self._head: bytes | None = None
         self._skip = 0
 
@@ -97,21 +102,35 @@ class BoundedFrameBuffer(frame_buffer):  # type: ignore[misc]
                 self.recv_header()
             if self.needs_length():
                 self.recv_length()
+            fin, rsv1, rsv2, rsv3, opcode, has_mask, _ = self.header  # type: ignore[misc]
             length = int(self.length or 0)
-            if length <= self.limit:
-                self.truncated = None
-            else:
+            data_frame = opcode < ABNF.OPCODE_CLOSE
+            if data_frame and not self._counted:
+                self._message += length
+                self._counted = True
+            if data_frame and self._message > self.limit:
                 if self._head is None:
-                    self._head = self.recv_strict(min(self.keep, length))
+                    first = self._message == length
+                    self._head = self.recv_strict(min(self.keep, length)) if first else b""
                     self._skip = length - len(self._head)
                 while self._skip > 0:
                     self._skip -= len(self.recv(min(1 << 16, self._skip)) or b"")
-                fin, rsv1, rsv2, rsv3, opcode, has_mask, _ = self.header  # type: ignore[misc]
                 frame = ABNF(fin, rsv1, rsv2, rsv3, opcode, has_mask, self._head)
-                self._head, self.truncated = None, length
+                self._head = None
                 self.clear()
+                self._frame_done(frame)
                 return frame
-        return super().recv_frame()
+        frame = super().recv_frame()
+        self._frame_done(frame)
+        return frame
+
+    def _frame_done(self, frame: Any) -> None:
+        if frame.opcode >= ABNF.OPCODE_CLOSE:
+            return  # control frames do not touch the message being assembled
+        self._counted = False
+        if frame.fin:
+            self.truncated = self._message if self._message > self.limit else None
+            self._message = 0
 
 
 class MessengerTransport(BaseTransport):  # type: ignore[misc]

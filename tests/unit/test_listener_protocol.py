@@ -12,12 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stomp.utils import parse_frame
+from websocket import ABNF, WebSocket, WebSocketTimeoutException
 
 from listener import frames, urls
 from listener.auth import REDACTED, RedactingFilter, register_secret
 from listener.errors import ConfigError, InvalidTransition
 from listener.spool import Spool
 from listener.states import TRANSITIONS, Backoff, ConnectionMachine, Event, State
+from listener.transport import BoundedFrameBuffer
 from proxysync.events import EventError, TaskCall, parse_event
 
 # --- URLs ---
@@ -259,3 +261,62 @@ def test_json_log_lines_are_one_object_each_and_redacted() -> None:
     doc = json.loads(line)
     assert doc["message"] == "[WS-Client] token *** used"
     assert doc["level"] == "INFO" and doc["logger"] == "listener.unit"
+
+
+# --- bounded frame reader ---
+
+
+class _Stream:
+    """Bytes served in small reads, with a read timeout injected every few calls (resumability)."""
+
+    def __init__(self, data: bytes, *, chunk: int = 7000, timeout_every: int = 3) -> None:
+        self.data, self.pos, self.calls = data, 0, 0
+        self.chunk, self.timeout_every = chunk, timeout_every
+
+    def __call__(self, n: int) -> bytes:
+        self.calls += 1
+        if self.calls % self.timeout_every == 0:
+            raise WebSocketTimeoutException("tick")
+        out = self.data[self.pos : self.pos + min(n, self.chunk)]
+        self.pos += len(out)
+        return out
+
+
+def _server_frame(payload: bytes, *, fin: int = 1, opcode: int = ABNF.OPCODE_TEXT) -> bytes:
+    return bytes(ABNF(fin, 0, 0, 0, opcode, 0, payload).format())
+
+
+def _read_message(ws: WebSocket) -> tuple[int, bytes]:
+    while True:
+        try:
+            return ws.recv_data(control_frame=True)  # type: ignore[no-any-return]
+        except WebSocketTimeoutException:
+            continue
+
+
+def test_bounded_reader_reads_small_messages_whole_and_truncates_big_ones_even_fragmented() -> None:
+    head = b"MESSAGE\nmessage-id:m-1\n\n"
+    big = head + b"b" * 300_000
+    stream = b"".join(
+        [
+            _server_frame(b"MESSAGE\nmessage-id:small\n\nhello\x00"),
+            _server_frame(big),  # one frame over the limit
+            _server_frame(head + b"f" * 60_000, fin=0),  # a fragmented one: under the limit at first...
+            _server_frame(b"", opcode=ABNF.OPCODE_PONG),  # (an interleaved control frame)
+            _server_frame(b"g" * 90_000, fin=0, opcode=ABNF.OPCODE_CONT),  # ...then over it
+            _server_frame(b"h" * 90_000, fin=1, opcode=ABNF.OPCODE_CONT),
+            _server_frame(b"after\x00"),
+        ]
+    )
+    ws = WebSocket(skip_utf8_validation=True)
+    reader = BoundedFrameBuffer(_Stream(stream), limit=100_000, keep=1000)
+    ws.frame_buffer = reader
+    assert _read_message(ws) == (ABNF.OPCODE_TEXT, b"MESSAGE\nmessage-id:small\n\nhello\x00")
+    assert reader.truncated is None
+    opcode, data = _read_message(ws)
+    assert (opcode, data, reader.truncated) == (ABNF.OPCODE_TEXT, big[:1000], len(big))
+    assert _read_message(ws)[0] == ABNF.OPCODE_PONG
+    opcode, data = _read_message(ws)
+    assert data.startswith(head) and len(data) == len(head) + 60_000  # the kept first fragment only
+    assert reader.truncated == len(head) + 60_000 + 180_000
+    assert _read_message(ws) == (ABNF.OPCODE_TEXT, b"after\x00") and reader.truncated is None
