@@ -4,5 +4,6 @@ Modules: ``settings`` (one settings class), ``urls`` and ``frames`` (pure), ``st
 table and backoff), ``auth`` (bearer tokens + log redaction), ``transport`` (the only socket I/O: stomp.py
 over websocket-client, SockJS framing), ``spool`` (SQLite), ``sender`` (Celery ``send_task`` by name),
 ``dispatch`` (frame -> task or spool, ACK), ``supervisor`` (one live connection, reconnects, gap policy),
-``service`` (wiring, HTTP health/metrics, signals), ``cli``.
+``service`` (wiring, HTTP health/metrics, signals), ``logs``, ``cli``; ``measure`` prints what the hot
+paths cost.
 """
