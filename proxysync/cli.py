@@ -1,4 +1,7 @@
-"""``proxysync`` command line. Each subcommand lives beside the code it drives and is imported only when used."""
+"""``proxysync`` command line.
+
+Each subcommand lives beside the code it drives and is imported only when used.
+"""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ TASK_CLEAR_SERVICE: Final = "proxysync.cache.clear_service"
 TASK_ROUTES_REFRESH: Final = "proxysync.routes.refresh"
 ALL_TASKS: Final = (TASK_CLEAR, TASK_DELETE, TASK_INVALIDATE_ALL, TASK_CLEAR_SERVICE, TASK_ROUTES_REFRESH)
 
-# Celery queues: "{prefix}.invalidations" and "{prefix}.routes". The prefix comes from PROXYSYNC_QUEUE_PREFIX so
+# Celery queues: "{prefix}.invalidations" and "{prefix}.routes". The prefix comes from
+# PROXYSYNC_QUEUE_PREFIX so
 # several environments (or test sessions) can share one broker without consuming each other's tasks.
 QUEUE_PREFIX_ENV: Final = "PROXYSYNC_QUEUE_PREFIX"
 DEFAULT_QUEUE_PREFIX: Final = "proxysync"

@@ -7,8 +7,8 @@ A frame body looks like (the original's format)::
      "timestamp": "2024-01-15T10:30:00Z", "source": "config-manager"}
 
 :func:`parse_event` turns a body into a validated :class:`MessengerEvent` or raises :class:`EventError` whose
-``reason`` is a short label (for counters) and whose message says what was wrong. :func:`task_call` maps an event
-to the Celery task it becomes. Both are pure: no I/O.
+``reason`` is a short label (for counters) and whose message says what was wrong. :func:`task_call` maps an
+event to the Celery task it becomes. Both are pure: no I/O.
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
     type: EventType = Field(strict=False)  # a JSON string names the member
-    tenantId: str | None = None  # noqa: N815 - wire names
-    appId: str | None = None  # noqa: N815
+    tenantId: str | None = None
+    appId: str | None = None
     key: str | None = None
-    serviceName: str | None = None  # noqa: N815
-    eventId: str | None = None  # noqa: N815
+    serviceName: str | None = None
+    eventId: str | None = None
 
     @field_validator("tenantId", "appId", "serviceName", "eventId")
     @classmethod

