@@ -149,7 +149,7 @@ def base_env(redis_url: str, queue_prefix: str, cache_prefix: str, **extra: str)
 
 
 def start_listener(env: dict[str, str], *, name: str = "listener", messenger_url: str,
-                   transport: str = "auto", topic: str, stomp_host: str | None = None, endpoint: str = "",
+                   transport: str = "auto", topic: str, stomp_host: str | None = None, endpoint: str = C.DEFAULT_ENDPOINT,
                    retry_ms: int = 1000, heartbeat_ms: int = 10000, log_level: str = "INFO",
                    gap_policy: str = "none") -> tuple[Proc, str]:
     """``python -m listener`` pointed at a Messenger; returns the process and its /readyz URL."""
@@ -169,7 +169,7 @@ def start_listener(env: dict[str, str], *, name: str = "listener", messenger_url
 
 
 def start_worker(env: dict[str, str], *, node: str, queue_prefix: str, concurrency: int = 1,
-                 pool: str = "prefork", app: str = "tasks", events: bool = True, log_level: str = "WARNING",
+                 pool: str = "prefork", app: str = "tasks", events: bool = True, log_level: str = "INFO",
                  wrap: list[str] | None = None) -> Proc:
     """``celery -A tasks worker`` on our queues only (``wrap`` prefixes the interpreter, e.g. cProfile)."""
     queues = ",".join(C.queue_name(s, queue_prefix) for s in (C.QUEUE_INVALIDATIONS, C.QUEUE_ROUTES))
@@ -413,3 +413,30 @@ class EventCapture:
         if self._receiver is not None:
             self._receiver.should_stop = True
         self._thread.join(5)
+
+
+def _build_noop_app() -> Any:
+    """Raw Celery baseline: the shipped ``celeryconfig`` (queues from ``PROXYSYNC_QUEUE_PREFIX``, acks_late,
+    prefetch, JSON, events) and one task that does nothing, with the same ack policy as ours."""
+    from celery import Celery
+
+    import celeryconfig
+
+    app = Celery("bench-noop", set_as_current=False)
+    app.config_from_object(celeryconfig)
+    app.conf.update(celeryconfig.routing())
+
+    @app.task(name="bench.noop", acks_late=True, reject_on_worker_lost=True, ignore_result=True, shared=False)
+    def noop(**kwargs: Any) -> None:
+        return None
+
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """``celery -A _support:noop_app worker`` builds the baseline app on first access (no import-time app)."""
+    if name == "noop_app":
+        app = _build_noop_app()
+        globals()["noop_app"] = app
+        return app
+    raise AttributeError(name)
