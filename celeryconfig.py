@@ -62,6 +62,10 @@ def transport_options(url: str) -> dict[str, Any]:
             "visibility_timeout": int(_env("CELERY_VISIBILITY_TIMEOUT", "120")),
             "socket_connect_timeout": float(_env("CELERY_BROKER_CONNECT_TIMEOUT", "5")),
             "health_check_interval": 25,
+            # kombu >= 5.5 sweeps for abandoned (visibility-timed-out) messages only every interval*throttle
+            # seconds (10*10 by default): scan on every 10 s tick so a dead worker's messages come back soon.
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
         }
         keyprefix = os.environ.get("CELERY_BROKER_KEYPREFIX")
         if keyprefix:  # share one Redis between several environments without sharing unacked/binding keys
