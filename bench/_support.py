@@ -32,14 +32,15 @@ OUT = ROOT / "bench" / "out"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from proxysync import constants as C
-from proxysync.redis_server import RedisServer, free_port
+from proxysync import constants as C  # noqa: E402 - after the sys.path line (python bench/x.py)
+from proxysync.redis_server import RedisServer, free_port  # noqa: E402
 
 RABBIT_WS = "ws://127.0.0.1:15674/ws"
 RABBIT_STOMP = ("127.0.0.1", 61613)
 
 
 # --- figures ---------------------------------------------------------------------------------------------
+
 
 def pct(values: list[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..1); NaN for no values."""
@@ -50,18 +51,31 @@ def pct(values: list[float], q: float) -> float:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"p50": pct(values, 0.5), "p90": pct(values, 0.9), "p99": pct(values, 0.99),
-            "max": max(values) if values else float("nan"), "n": float(len(values))}
+    return {
+        "p50": pct(values, 0.5),
+        "p90": pct(values, 0.9),
+        "p99": pct(values, 0.99),
+        "max": max(values) if values else float("nan"),
+        "n": float(len(values)),
+    }
 
 
 def row(label: str, values: list[float], width: int = 34) -> str:
     s = summary(values)
-    return f"{label:<{width}}" + "".join(f"{s[k]:>9.2f}" for k in ("p50", "p90", "p99", "max")) + \
-        f"{len(values):>7}"
+    return (
+        f"{label:<{width}}"
+        + "".join(f"{s[k]:>9.2f}" for k in ("p50", "p90", "p99", "max"))
+        + f"{len(values):>7}"
+    )
 
 
 def header(unit: str = "ms", width: int = 34) -> str:
     return f"{unit:<{width}}{'p50':>9}{'p90':>9}{'p99':>9}{'max':>9}{'n':>7}"
+
+
+def num(reply: Any) -> int:
+    """A Redis integer reply (redis-py types sync replies as ``Awaitable[int] | int``)."""
+    return int(reply)
 
 
 def r3(x: float) -> float | None:
@@ -74,6 +88,7 @@ def run_id() -> str:
 
 # --- processes ---------------------------------------------------------------------------------------------
 
+
 class Proc:
     """A child in its own session (process group); stopped by its own group id, SIGTERM then SIGKILL."""
 
@@ -81,8 +96,9 @@ class Proc:
         self.name, self.argv, self.log = name, argv, log
         log.parent.mkdir(parents=True, exist_ok=True)
         self._fh = log.open("wb")
-        self.proc = subprocess.Popen(argv, env=env, cwd=str(ROOT), stdout=self._fh, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            argv, env=env, cwd=str(ROOT), stdout=self._fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     @property
     def pid(self) -> int:
@@ -111,15 +127,18 @@ class Proc:
         return ""
 
 
-def wait_for(pred: Callable[[], bool], timeout: float, what: str, poll: float = 0.05,
-             procs: tuple[Proc, ...] = ()) -> None:
+def wait_for(
+    pred: Callable[[], bool], timeout: float, what: str, poll: float = 0.05, procs: tuple[Proc, ...] = ()
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
         for p in procs:
             if not p.alive():
-                raise RuntimeError(f"{p.name} exited ({p.proc.returncode}) while waiting for {what}:\n{p.tail()}")
+                raise RuntimeError(
+                    f"{p.name} exited ({p.proc.returncode}) while waiting for {what}:\n{p.tail()}"
+                )
         time.sleep(poll)
     tails = "\n".join(f"--- {p.name}\n{p.tail()}" for p in procs)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
@@ -141,43 +160,98 @@ def base_env(redis_url: str, queue_prefix: str, cache_prefix: str, **extra: str)
     for k in list(env):
         if k.startswith(("WEBSOCKET_CLIENT_", "CELERY_", "CACHE_", "LISTENER_", "TASK_", "IAM_")):
             del env[k]  # nothing from the caller's shell changes what is measured
-    env.update({"CELERY_BROKER_URL": redis_url, "CACHE_REDIS_URL": redis_url, "CACHE_PREFIX": cache_prefix,
-                C.QUEUE_PREFIX_ENV: queue_prefix, "PYTHONUNBUFFERED": "1",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))})
+    env.update(
+        {
+            "CELERY_BROKER_URL": redis_url,
+            "CACHE_REDIS_URL": redis_url,
+            "CACHE_PREFIX": cache_prefix,
+            C.QUEUE_PREFIX_ENV: queue_prefix,
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
+        }
+    )
     env.update(extra)
     return env
 
 
-def start_listener(env: dict[str, str], *, name: str = "listener", messenger_url: str,
-                   transport: str = "auto", topic: str, stomp_host: str | None = None, endpoint: str = C.DEFAULT_ENDPOINT,
-                   retry_ms: int = 1000, heartbeat_ms: int = 10000, log_level: str = "INFO",
-                   gap_policy: str = "none") -> tuple[Proc, str]:
+def start_listener(
+    env: dict[str, str],
+    *,
+    name: str = "listener",
+    messenger_url: str,
+    transport: str = "auto",
+    topic: str,
+    stomp_host: str | None = None,
+    endpoint: str = C.DEFAULT_ENDPOINT,
+    retry_ms: int = 1000,
+    heartbeat_ms: int = 10000,
+    log_level: str = "INFO",
+    gap_policy: str = "none",
+) -> tuple[Proc, str]:
     """``python -m listener`` pointed at a Messenger; returns the process and its /readyz URL."""
     port = free_port()
     spool = OUT / "run" / f"{name}-{uuid.uuid4().hex[:6]}.sqlite3"
     spool.parent.mkdir(parents=True, exist_ok=True)
     e = dict(env)
-    e.update({"WEBSOCKET_CLIENT_BASEURL": messenger_url, "WEBSOCKET_CLIENT_ENDPOINT": endpoint,
-              "WEBSOCKET_CLIENT_TRANSPORT": transport, "WEBSOCKET_CLIENT_TOPIC": topic,
-              "WEBSOCKET_CLIENT_RETRY_INTERVAL": str(retry_ms), "WEBSOCKET_CLIENT_HEARTBEAT": str(heartbeat_ms),
-              "WEBSOCKET_CLIENT_GAP_POLICY": gap_policy, "LISTENER_HTTP_PORT": str(port),
-              "LISTENER_SPOOL_PATH": str(spool)})
+    e.update(
+        {
+            "WEBSOCKET_CLIENT_BASEURL": messenger_url,
+            "WEBSOCKET_CLIENT_ENDPOINT": endpoint,
+            "WEBSOCKET_CLIENT_TRANSPORT": transport,
+            "WEBSOCKET_CLIENT_TOPIC": topic,
+            "WEBSOCKET_CLIENT_RETRY_INTERVAL": str(retry_ms),
+            "WEBSOCKET_CLIENT_HEARTBEAT": str(heartbeat_ms),
+            "WEBSOCKET_CLIENT_GAP_POLICY": gap_policy,
+            "LISTENER_HTTP_PORT": str(port),
+            "LISTENER_SPOOL_PATH": str(spool),
+        }
+    )
     if stomp_host:
         e["WEBSOCKET_CLIENT_STOMP_HOST"] = stomp_host
-    proc = Proc(name, [sys.executable, "-m", "listener", "--log-level", log_level], e, OUT / "logs" / f"{name}.log")
+    proc = Proc(
+        name, [sys.executable, "-m", "listener", "--log-level", log_level], e, OUT / "logs" / f"{name}.log"
+    )
     return proc, f"http://127.0.0.1:{port}/readyz"
 
 
-def start_worker(env: dict[str, str], *, node: str, queue_prefix: str, concurrency: int = 1,
-                 pool: str = "prefork", app: str = "tasks", events: bool = True, log_level: str = "INFO",
-                 wrap: list[str] | None = None) -> Proc:
+def start_worker(
+    env: dict[str, str],
+    *,
+    node: str,
+    queue_prefix: str,
+    concurrency: int = 1,
+    pool: str = "prefork",
+    app: str = "tasks",
+    events: bool = True,
+    log_level: str = "INFO",
+    wrap: list[str] | None = None,
+) -> Proc:
     """``celery -A tasks worker`` on our queues only (``wrap`` prefixes the interpreter, e.g. cProfile)."""
     queues = ",".join(C.queue_name(s, queue_prefix) for s in (C.QUEUE_INVALIDATIONS, C.QUEUE_ROUTES))
-    argv = [sys.executable, *(wrap or []), "-m", "celery", "-A", app, "worker", "-n", node, "-Q", queues,
-            "-c", str(concurrency), "-P", pool, "--loglevel", log_level]
+    argv = [
+        sys.executable,
+        *(wrap or []),
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        "-n",
+        node,
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "--loglevel",
+        log_level,
+    ]
     if events:
         argv.append("-E")
-    return Proc(node.split("@", maxsplit=1)[0], argv, env, OUT / "logs" / f"{node.split('@', maxsplit=1)[0]}.log")
+    return Proc(
+        node.split("@", maxsplit=1)[0], argv, env, OUT / "logs" / f"{node.split('@', maxsplit=1)[0]}.log"
+    )
 
 
 def node_name(tag: str) -> str:
@@ -198,6 +272,7 @@ def wait_worker(app: Any, node: str, proc: Proc, timeout: float = 60.0) -> None:
             return any(node in r for r in app.control.ping(destination=[node], timeout=0.5) or [])
         except Exception:
             return False
+
     wait_for(pong, timeout, f"worker {node}", procs=(proc,))
 
 
@@ -244,8 +319,10 @@ def event_body(i: int, run: str, key: str, *, ts: float | None = None, pad: int 
     payload: dict[str, Any] = {"type": "CACHE_DELETE_INVALID", "key": key, "eventId": f"b{run}-{i}"}
     if pad:
         payload["blob"] = "x" * pad
-    return json.dumps({"payload": payload, "timestamp": ts if ts is not None else time.time(),
-                       "source": "bench"}, separators=(",", ":"))
+    return json.dumps(
+        {"payload": payload, "timestamp": ts if ts is not None else time.time(), "source": "bench"},
+        separators=(",", ":"),
+    )
 
 
 def bench_key(run: str, i: int) -> str:
@@ -255,10 +332,10 @@ def bench_key(run: str, i: int) -> str:
 def chart(path: Path, title: str, series: dict[str, list[float]], xlabel: str = "ms") -> str:
     """A PNG of latency distributions (CDFs), when matplotlib is installed (``pip install -e .[bench]``)."""
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
     except ImportError:
         return "chart skipped (matplotlib is not installed: pip install -e '.[bench]')"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,16 +358,16 @@ def chart(path: Path, title: str, series: dict[str, list[float]], xlabel: str = 
 
 # --- processes started with multiprocessing (spawn) ------------------------------------------------------
 
+
 def gateway_proc(url: str, prefix: str, keys: list[str], pipe: Connection) -> None:
-    """A gateway: hold every key in a NearCache; per dropped key stamp (event_id, event_time, applied_ms, now)."""
+    """A gateway: hold keys in a NearCache; per dropped key stamp (event_id, event_time, applied_ms, now)."""
     import redis
 
     from cache import NearCache, RouteAuthCache
     from cache.feed import FeedEntry
 
     client = redis.Redis.from_url(url)
-    near = NearCache(RouteAuthCache(client, prefix=prefix), name="bench-gw", maxsize=200_000,
-                     ttl=3600)
+    near = NearCache(RouteAuthCache(client, prefix=prefix), name="bench-gw", maxsize=200_000, ttl=3600)
     drops: dict[str, tuple[str, float, int, float]] = {}
 
     def stamp(op: str, dropped: list[str], entry: FeedEntry | None) -> None:
@@ -320,8 +397,15 @@ def gateway_proc(url: str, prefix: str, keys: list[str], pipe: Connection) -> No
     client.close()
 
 
-def baseline_listener_proc(url: str, prefix: str, target_url: str, transport: str, destination: str,
-                           stomp_host: str | None, pipe: Connection) -> None:
+def baseline_listener_proc(
+    url: str,
+    prefix: str,
+    target_url: str,
+    transport: str,
+    destination: str,
+    stomp_host: str | None,
+    pipe: Connection,
+) -> None:
     """The original's shape: one STOMP subscriber that applies each event to Redis itself, no Celery hop.
 
     Same transport classes as the listener (stomp.py over websocket-client, SockJS framing when ``auto`` finds
@@ -353,12 +437,23 @@ def baseline_listener_proc(url: str, prefix: str, target_url: str, transport: st
             except EventError:
                 return
             received[event.event_id] = now
-            cache.apply(Op.DELETE, key=event.payload.key, event_id=event.event_id,
-                        feed_fields={F_EVENT_TIME: repr(event.event_time() or now)})
+            cache.apply(
+                Op.DELETE,
+                key=event.payload.key,
+                event_id=event.event_id,
+                feed_fields={F_EVENT_TIME: repr(event.event_time() or now)},
+            )
 
     target = resolve_target(transport, target_url, token=None, ca_bundle=None)
-    tr = MessengerTransport(target, header=[], sslopt={}, vhost=stomp_host, max_frame=3 * 1024 * 1024,
-                            idle_s=0, connect_timeout_s=10.0)
+    tr = MessengerTransport(
+        target,
+        header=[],
+        sslopt={},
+        vhost=stomp_host,
+        max_frame=3 * 1024 * 1024,
+        idle_s=0,
+        connect_timeout_s=10.0,
+    )
     conn = MessengerConnection(tr, heartbeats=(0, 0))
     conn.set_listener("bench", Sub())
     conn.connect(with_connect_command=True, headers={})
@@ -426,7 +521,9 @@ def _build_noop_app() -> Any:
     app.config_from_object(celeryconfig)
     app.conf.update(celeryconfig.routing())
 
-    @app.task(name="bench.noop", acks_late=True, reject_on_worker_lost=True, ignore_result=True, shared=False)
+    @app.task(  # type: ignore[untyped-decorator]
+        name="bench.noop", acks_late=True, reject_on_worker_lost=True, ignore_result=True, shared=False
+    )
     def noop(**kwargs: Any) -> None:
         return None
 

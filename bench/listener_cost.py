@@ -1,4 +1,5 @@
-"""Listener CPU per frame: SockJS + STOMP decode, parse + validate, task call, real broker send (small and 3 MB).
+"""Listener CPU per frame: SockJS + STOMP decode, parse + validate, task call, real broker send (small and 3
+MB).
 
 Method (one process, one thread, a private redis-server as the broker):
 
@@ -6,13 +7,13 @@ Method (one process, one thread, a private redis-server as the broker):
   ``a["MESSAGE\\n...headers...\\n\\n<body>\\u0000"]``. Per frame, in this thread, timed with
   ``time.thread_time_ns()`` (CPU of this thread only; waiting on the broker's reply costs nothing):
   ``proxysync.sockjs.decode_server_frame`` -> ``stomp.utils.parse_frame`` (what stomp.py's receiver runs) ->
-  ``listener.dispatch.Item`` -> ``Dispatcher._handle`` (``parse_event`` + ``task_call`` + ``CelerySender.send``
-  with the shipped ``celeryconfig`` + metrics + the INFO log line, written to /dev/null by the listener's own
-  log handler) + the ACK frame encoded for SockJS. Socket reads (websocket-client) are not in it: see
-  ``python -m listener.measure`` for the 3 MB receive itself.
-* Small frames: CACHE_DELETE_INVALID (~250 B body). 3 MB frames: the same event with a padding field so the STOMP
-  frame is just under ``WEBSOCKET_CLIENT_MAX_FRAME`` (3 MiB), with its own ``eventId`` and without one (then the
-  listener hashes the canonical body for the event id).
+  ``listener.dispatch.Item`` -> ``Dispatcher._handle`` (``parse_event`` + ``task_call`` +
+  ``CelerySender.send`` with the shipped ``celeryconfig`` + metrics + the INFO log line, written to
+  /dev/null by the listener's own log handler) + the ACK frame encoded for SockJS. Socket reads
+  (websocket-client) are not in it: see ``python -m listener.measure`` for the 3 MB receive itself.
+* Small frames: CACHE_DELETE_INVALID (~250 B body). 3 MB frames: the same event with a padding field so the
+  STOMP frame is just under ``WEBSOCKET_CLIENT_MAX_FRAME`` (3 MiB), with its own ``eventId`` and without one
+  (then the listener hashes the canonical body for the event id).
 * Baseline (the floor any listener pays), same frames, same thread: ``json.loads(body)`` + a bare
   ``Celery.send_task`` of the same call (no retry policy, no validation, no events, no log, no metrics).
 * Peak RSS: ``ru_maxrss`` after the small frames and after the 3 MB frames.
@@ -59,8 +60,13 @@ SMALL_GOAL_US, BIG_GOAL_MS = 150.0, 50.0
 
 def wire(i: int, body: str, dest: str) -> str:
     """One SockJS ``a[...]`` message carrying a STOMP MESSAGE, as the stand-in sends it."""
-    headers = {"content-type": "application/json", "destination": dest, "message-id": f"m{i}",
-               "subscription": "proxysync-1", "ack": f"m{i}"}
+    headers = {
+        "content-type": "application/json",
+        "destination": dest,
+        "message-id": f"m{i}",
+        "subscription": "proxysync-1",
+        "ack": f"m{i}",
+    }
     return sockjs.encode_messages([encode_frame("MESSAGE", headers, body.encode()).decode()])
 
 
@@ -81,9 +87,13 @@ def ours(dispatcher: Dispatcher) -> Callable[[str], None]:
         frame = sockjs.decode_server_frame(text)
         for msg in frame.messages:
             f = parse_frame(msg.encode("utf-8").rstrip(b"\x00"))
-            headers = dict(f.headers)
-            dispatcher._handle(Item(received_at=time.time(), headers=headers, body=f.body or b"",
-                                    ack=lambda h=headers: ack_frame(h)))  # type: ignore[misc]
+            headers: dict[str, str] = dict(f.headers)
+
+            def ack(h: dict[str, str] = headers) -> None:
+                ack_frame(h)
+
+            dispatcher._handle(Item(received_at=time.time(), headers=headers, body=f.body or b"", ack=ack))
+
     return one
 
 
@@ -99,12 +109,18 @@ def floor(url: str) -> tuple[Callable[[str], None], Any]:
     def one(text: str) -> None:
         frame = sockjs.decode_server_frame(text)
         for msg in frame.messages:
-            head, _, body = msg.partition("\n\n")
+            _head, _, body = msg.partition("\n\n")
             data = json.loads(body.rstrip("\x00"))
             p = data["payload"]
-            app.send_task(C.TASK_DELETE, kwargs={"key": p["key"], "event_id": p.get("eventId", "x"),
-                                                 "event_time": data["timestamp"]},
-                          task_id=p.get("eventId"), queue=queue, exchange="", routing_key=queue)
+            app.send_task(
+                C.TASK_DELETE,
+                kwargs={"key": p["key"], "event_id": p.get("eventId", "x"), "event_time": data["timestamp"]},
+                task_id=p.get("eventId"),
+                queue=queue,
+                exchange="",
+                routing_key=queue,
+            )
+
     return one, app
 
 
@@ -116,11 +132,12 @@ def parse_only() -> Callable[[str], None]:
         for msg in sockjs.decode_server_frame(text).messages:
             f = parse_frame(msg.encode("utf-8").rstrip(b"\x00"))
             task_call(parse_event(f.body or b""), received_at=time.time())
+
     return one
 
 
 def send_variants(sender: CelerySender) -> dict[str, Callable[[str], None]]:
-    """The send alone, as shipped and with two what-if changes to ``listener/sender.py`` (same app otherwise)."""
+    """The send alone, as shipped and with two what-if changes to ``listener/sender.py`` (same app)."""
     from proxysync.events import parse_event, task_call
 
     def call_of(text: str) -> Any:
@@ -131,8 +148,15 @@ def send_variants(sender: CelerySender) -> dict[str, Callable[[str], None]]:
         call = call_of(text)
         q = C.queue_name(call.queue)
         sender.app.conf.task_send_sent_event = events
-        sender.app.send_task(call.name, kwargs=call.kwargs, task_id=call.task_id, queue=q, exchange="",
-                             routing_key=q, ignore_result=True)
+        sender.app.send_task(
+            call.name,
+            kwargs=call.kwargs,
+            task_id=call.task_id,
+            queue=q,
+            exchange="",
+            routing_key=q,
+            ignore_result=True,
+        )
         sender.app.conf.task_send_sent_event = True
 
     return {
@@ -165,7 +189,9 @@ def main() -> int:
     rid = S.run_id()
     dest = "/topic/bench-cost"
     devnull = open(os.devnull, "w")  # noqa: SIM115 - for the whole run
-    setup_logging("text", level=logging.INFO, stream=devnull)  # the listener's handler; lines cost what they cost
+    setup_logging(
+        "text", level=logging.INFO, stream=devnull
+    )  # the listener's handler; lines cost what they cost
     res: dict[str, Any] = {}
     prof_lines: list[str] = []
     with S.private_redis() as rs, tempfile.TemporaryDirectory() as tmp:
@@ -187,12 +213,16 @@ def main() -> int:
         res["parse_only"] = cpu(parse_only(), small)
         res["send"] = {}
         for n, (label, fn) in enumerate(send_variants(sender).items()):  # incl. parse: subtract parse_only
-            frames = [wire(i, S.event_body(i, f"{rid}s{n}", S.bench_key(rid, i)), dest)
-                      for i in range(min(args.frames, 1000))]
+            frames = [
+                wire(i, S.event_body(i, f"{rid}s{n}", S.bench_key(rid, i)), dest)
+                for i in range(min(args.frames, 1000))
+            ]
             res["send"][label] = cpu(fn, frames)
         if args.profile:
             prof = cProfile.Profile()
-            more = [wire(i, S.event_body(i, rid + "p", S.bench_key(rid, i)), dest) for i in range(args.frames)]
+            more = [
+                wire(i, S.event_body(i, rid + "p", S.bench_key(rid, i)), dest) for i in range(args.frames)
+            ]
             prof.runcall(cpu, go, more)
             buf = io.StringIO()
             pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(14)
@@ -214,8 +244,11 @@ def main() -> int:
 
 
 def report(res: dict[str, Any], args: argparse.Namespace, prof_lines: list[str]) -> int:
-    print(f"listener_cost: CPU of one thread per frame (thread_time), SockJS wire text -> task in a private Redis "
-          f"broker; {args.frames} small frames, {args.big} x 3 MB frames per kind")
+    print(
+        f"listener_cost: CPU of one thread per frame (thread_time), SockJS wire text -> task in a private "
+        "Redis "
+        f"broker; {args.frames} small frames, {args.big} x 3 MB frames per kind"
+    )
     print(S.header("small frame, us CPU", 44))
     print(S.row("ours: decode+parse+validate+send+log+ACK", res["small_ours"], 44))
     print(S.row("baseline: json.loads + bare send_task", res["small_base"], 44))
@@ -225,7 +258,10 @@ def report(res: dict[str, Any], args: argparse.Namespace, prof_lines: list[str])
         print(S.row(f"  {label}", vals, 44))
     print("  (send rows include decode+parse+validate: subtract the row above)")
     print(S.header("3 MB frame, ms CPU", 44))
-    for kind, label in (("big_id", "ours, payload.eventId given"), ("big_noid", "ours, no id (hash of the body)")):
+    for kind, label in (
+        ("big_id", "ours, payload.eventId given"),
+        ("big_noid", "ours, no id (hash of the body)"),
+    ):
         print(S.row(f"{label} ({res[kind + '_bytes'] / 2**20:.2f} MiB)", res[kind], 44))
         print(S.row("  baseline: json.loads + bare send_task", res[kind + "_base"], 44))
     o = S.summary(res["small_ours"])
@@ -233,12 +269,18 @@ def report(res: dict[str, Any], args: argparse.Namespace, prof_lines: list[str])
     big = max(S.summary(res["big_id"])["p50"], S.summary(res["big_noid"])["p50"])
     bigb = max(S.summary(res["big_id_base"])["p50"], S.summary(res["big_noid_base"])["p50"])
     wall_rate = args.frames / res["small_wall_s"]
-    print(f"small frames: {o['p50']:.0f} us p50 (goal <= {SMALL_GOAL_US:.0f}) -> one dispatcher thread tops out "
-          f"near {1e6 / max(o['p50'], 1):.0f} frames/s of CPU; wall clock here {wall_rate:.0f}/s incl. broker "
-          "round trips")
+    print(
+        f"small frames: {o['p50']:.0f} us p50 (goal <= {SMALL_GOAL_US:.0f}) -> one dispatcher thread "
+        "tops out "
+        f"near {1e6 / max(o['p50'], 1):.0f} frames/s of CPU; wall clock here {wall_rate:.0f}/s incl. broker "
+        "round trips"
+    )
     print(f"3 MB frames: {big:.1f} ms p50 worst kind (goal <= {BIG_GOAL_MS:.0f})")
-    print(f"peak RSS: {res['rss_start_mb']:.0f} MiB after warm-up, {res['rss_small_mb']:.0f} MiB after the small "
-          f"frames, {res['rss_big_mb']:.0f} MiB after the 3 MB frames")
+    print(
+        f"peak RSS: {res['rss_start_mb']:.0f} MiB after warm-up, "
+        f"{res['rss_small_mb']:.0f} MiB after the small "
+        f"frames, {res['rss_big_mb']:.0f} MiB after the 3 MB frames"
+    )
     if prof_lines:
         print("profile (cProfile, small frames, by own time):")
         for ln in prof_lines:
@@ -247,18 +289,34 @@ def report(res: dict[str, Any], args: argparse.Namespace, prof_lines: list[str])
         "small_us": {k: S.r3(v) for k, v in o.items() if k != "n"},
         "big_ms_with_id": {k: S.r3(v) for k, v in S.summary(res["big_id"]).items() if k != "n"},
         "big_ms_no_id": {k: S.r3(v) for k, v in S.summary(res["big_noid"]).items() if k != "n"},
-        "rss_mb": {"warm": round(res["rss_start_mb"], 1), "small": round(res["rss_small_mb"], 1),
-                   "big": round(res["rss_big_mb"], 1)},
+        "rss_mb": {
+            "warm": round(res["rss_start_mb"], 1),
+            "small": round(res["rss_small_mb"], 1),
+            "big": round(res["rss_big_mb"], 1),
+        },
         "small_wall_per_s": round(wall_rate, 1),
         "parse_only_us_p50": S.r3(S.summary(res["parse_only"])["p50"]),
         "send_us_p50": {k: S.r3(S.summary(v)["p50"]) for k, v in res["send"].items()},
     }
     baseline = {"small_us_p50": S.r3(b["p50"]), "big_ms_p50": S.r3(bigb)}
     ratios = {"small_p50": S.r3(o["p50"] / b["p50"]), "big_p50": S.r3(big / bigb)}
-    goal = {"small_us": SMALL_GOAL_US, "big_ms": BIG_GOAL_MS, "small_met": o["p50"] <= SMALL_GOAL_US,
-            "big_met": big <= BIG_GOAL_MS}
-    print(json.dumps({"bench": "listener_cost", "figures": figures, "baseline": baseline, "ratios": ratios,
-                      "goal": goal}))
+    goal = {
+        "small_us": SMALL_GOAL_US,
+        "big_ms": BIG_GOAL_MS,
+        "small_met": o["p50"] <= SMALL_GOAL_US,
+        "big_met": big <= BIG_GOAL_MS,
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "listener_cost",
+                "figures": figures,
+                "baseline": baseline,
+                "ratios": ratios,
+                "goal": goal,
+            }
+        )
+    )
     return 0
 
 

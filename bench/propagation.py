@@ -1,9 +1,12 @@
-"""Publish -> worker -> Redis -> gateway near cache: per-stage latency of the real pipeline, vs the original's shape.
+"""Publish -> worker -> Redis -> gateway near cache: per-stage latency of the real pipeline, vs the
+original's shape.
 
-Method (one run, everything on a private redis-server = broker + cache, unique queue/cache prefixes and topic):
+Method (one run, everything on a private redis-server = broker + cache, unique queue/cache prefixes and
+topic):
 
-* Messenger: the stand-in (``MessengerServer`` in this process; the listener uses its default ``auto`` transport,
-  i.e. SockJS-framed) and/or RabbitMQ Web-STOMP (``ws://127.0.0.1:15674/ws``; we publish over its STOMP port).
+* Messenger: the stand-in (``MessengerServer`` in this process; the listener uses its default ``auto``
+  transport, i.e. SockJS-framed) and/or RabbitMQ Web-STOMP (``ws://127.0.0.1:15674/ws``; we publish over its
+  STOMP port).
 * Ours: ``python -m listener`` -> Redis broker -> one ``celery -A tasks worker -c 1 -E`` (prefork, the shipped
   ``celeryconfig``) -> ``RouteAuthCache.apply`` -> feed -> a gateway process holding every key in a NearCache.
 * Baseline (the original's shape): one stomp.py subscriber over the *same* transport classes that applies each
@@ -57,7 +60,7 @@ def one_rate(url: str, prefix: str, gw: Any, publish: Any, rate: int, count: int
     gw.send(("load", keys))
     _tag, held, following = gw.recv()
     assert following and held >= count, (held, following)
-    feed_before = client.xlen(f"{prefix}:feed")
+    feed_before = S.num(client.xlen(f"{prefix}:feed"))
     sent: dict[str, float] = {}
     start = time.monotonic()
     t_first = time.time()
@@ -70,7 +73,7 @@ def one_rate(url: str, prefix: str, gw: Any, publish: Any, rate: int, count: int
         sent[f"b{tag}-{i}"] = ts
     achieved = count / max(time.time() - t_first, 1e-9)
     deadline = time.monotonic() + 15 + count / rate
-    while time.monotonic() < deadline and client.xlen(f"{prefix}:feed") < feed_before + count:
+    while time.monotonic() < deadline and S.num(client.xlen(f"{prefix}:feed")) < feed_before + count:
         time.sleep(0.05)
     time.sleep(0.3)  # the gateway's follower reads the last entries
     gw.send("collect")
@@ -79,7 +82,9 @@ def one_rate(url: str, prefix: str, gw: Any, publish: Any, rate: int, count: int
     return {"sent": sent, "drops": drops, "achieved": achieved}
 
 
-def stages(res: dict[str, Any], received: dict[str, float], sent_ev: dict[str, float] | None) -> dict[str, list[float]]:
+def stages(
+    res: dict[str, Any], received: dict[str, float], sent_ev: dict[str, float] | None
+) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {"e2e": [], "pub_to_recv": [], "recv_to_applied": [], "applied_to_drop": []}
     if sent_ev is not None:
         out["pub_to_broker"] = []
@@ -100,8 +105,16 @@ def stages(res: dict[str, Any], received: dict[str, float], sent_ev: dict[str, f
     return out
 
 
-def run_kind(kind: str, url: str, rates: list[int], count: int, ctx: Any, rid: str,
-             caps: S.EventCapture, env: dict[str, str]) -> dict[str, Any]:
+def run_kind(
+    kind: str,
+    url: str,
+    rates: list[int],
+    count: int,
+    ctx: Any,
+    rid: str,
+    caps: S.EventCapture,
+    env: dict[str, str],
+) -> dict[str, Any]:
     topic = f"bench-{rid}-{kind}"
     dest = f"/topic/{topic}"
     server: MessengerServer | None = None
@@ -122,13 +135,21 @@ def run_kind(kind: str, url: str, rates: list[int], count: int, ctx: Any, rid: s
         def publish(body: str) -> None:
             assert pub is not None
             pub.publish(dest, body)
+
     results: dict[str, Any] = {}
     procs: list[S.Proc] = []
     try:
         # --- ours: listener -> broker -> worker ---
         prefix = env["CACHE_PREFIX"]  # the worker's
-        lst, ready = S.start_listener(env, name=f"listener-{kind}", messenger_url=m_url,
-                                      transport=transport, endpoint=endpoint, topic=topic, stomp_host=host)
+        lst, ready = S.start_listener(
+            env,
+            name=f"listener-{kind}",
+            messenger_url=m_url,
+            transport=transport,
+            endpoint=endpoint,
+            topic=topic,
+            stomp_host=host,
+        )
         procs.append(lst)
         S.wait_for(lambda: S.http_status(ready) == 200, 30, "listener /readyz", procs=(lst,))
         gw_proc, gw = start_gateway(ctx, url, prefix)
@@ -136,7 +157,9 @@ def run_kind(kind: str, url: str, rates: list[int], count: int, ctx: Any, rid: s
             res = one_rate(url, prefix, gw, publish, rate, count, f"{rid}{kind[0]}o{rate}")
             time.sleep(0.5)  # late Celery events
             results.setdefault(str(rate), {})["ours"] = (
-                stages(res, caps.stamps["task-received"], caps.stamps["task-sent"]), res["achieved"])
+                stages(res, caps.stamps["task-received"], caps.stamps["task-sent"]),
+                res["achieved"],
+            )
         gw.send("stop")
         gw_proc.join(10)
         lst.stop()
@@ -144,8 +167,11 @@ def run_kind(kind: str, url: str, rates: list[int], count: int, ctx: Any, rid: s
         # --- baseline: the original's shape ---
         bprefix = f"bench-prop-{rid}-{kind}-base"
         parent, child = ctx.Pipe()
-        base = ctx.Process(target=S.baseline_listener_proc, args=(url, bprefix, target, transport, dest, host, child),
-                           daemon=True)
+        base = ctx.Process(
+            target=S.baseline_listener_proc,
+            args=(url, bprefix, target, transport, dest, host, child),
+            daemon=True,
+        )
         base.start()
         _t, ok = parent.recv()
         assert ok, "baseline subscriber did not connect"
@@ -171,14 +197,23 @@ def run_kind(kind: str, url: str, rates: list[int], count: int, ctx: Any, rid: s
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--messenger", choices=["standin", "rabbitmq", "both"], default="both",
-                    help="both = the stand-in, plus RabbitMQ Web-STOMP when it answers")
+    ap.add_argument(
+        "--messenger",
+        choices=["standin", "rabbitmq", "both"],
+        default="both",
+        help="both = the stand-in, plus RabbitMQ Web-STOMP when it answers",
+    )
     ap.add_argument("--rates", default="100,500,1000", help="events per second, comma separated")
     ap.add_argument("--count", type=int, default=1000, help="events per rate")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
-    kinds = ["standin"] if args.messenger == "standin" else ["rabbitmq"] if args.messenger == "rabbitmq" else \
-        ["standin", "rabbitmq"]
+    kinds = (
+        ["standin"]
+        if args.messenger == "standin"
+        else ["rabbitmq"]
+        if args.messenger == "rabbitmq"
+        else ["standin", "rabbitmq"]
+    )
     notes: list[str] = []
     if "rabbitmq" in kinds and not S.rabbit_answers():
         if args.messenger == "rabbitmq":
@@ -207,21 +242,31 @@ def main() -> int:
     return report(all_res, rates, args.count, notes)
 
 
-LABELS = {"pub_to_broker": "  publish -> task in broker", "pub_to_recv": "  publish -> received (worker)",
-          "recv_to_applied": "  received -> Redis entry gone", "applied_to_drop": "  Redis gone -> near dropped",
-          "e2e": "  end to end (publish -> dropped)"}
+LABELS = {
+    "pub_to_broker": "  publish -> task in broker",
+    "pub_to_recv": "  publish -> received (worker)",
+    "recv_to_applied": "  received -> Redis entry gone",
+    "applied_to_drop": "  Redis gone -> near dropped",
+    "e2e": "  end to end (publish -> dropped)",
+}
 
 
 def report(all_res: dict[str, Any], rates: list[int], count: int, notes: list[str]) -> int:
-    print(f"propagation: CACHE_DELETE_INVALID events, {count} per rate, publish -> worker -> Redis -> NearCache; "
-          "baseline = stomp.py subscriber applying to Redis in-process (no Celery hop); private redis-server")
+    print(
+        f"propagation: CACHE_DELETE_INVALID events, {count} per rate, publish -> worker -> Redis -> "
+        "NearCache; "
+        "baseline = stomp.py subscriber applying to Redis in-process (no Celery hop); private redis-server"
+    )
     figures: dict[str, Any] = {}
     lost = 0
     chart_series: dict[str, list[float]] = {}
     for kind, per_rate in all_res.items():
         for rate in rates:
             r = per_rate[str(rate)]
-            print(f"\n[{kind}] {rate} ev/s (achieved ours {r['ours'][1]:.0f}/s, baseline {r['baseline'][1]:.0f}/s)")
+            print(
+                f"\n[{kind}] {rate} ev/s (achieved ours {r['ours'][1]:.0f}/s, "
+                f"baseline {r['baseline'][1]:.0f}/s)"
+            )
             print(S.header())
             fig: dict[str, Any] = {}
             for who in ("ours", "baseline"):
@@ -229,11 +274,15 @@ def report(all_res: dict[str, Any], rates: list[int], count: int, notes: list[st
                 print(f"{who}:")
                 for stage in ("pub_to_broker", "pub_to_recv", "recv_to_applied", "applied_to_drop", "e2e"):
                     if stage in st:
-                        label = LABELS[stage].replace("(worker)", "(subscriber)") if who == "baseline" else \
-                            LABELS[stage]
+                        label = (
+                            LABELS[stage].replace("(worker)", "(subscriber)")
+                            if who == "baseline"
+                            else LABELS[stage]
+                        )
                         print(S.row(label, st[stage]))
-                fig[who] = {s: {k: S.r3(v) for k, v in S.summary(vals).items() if k != "n"}
-                            for s, vals in st.items()}
+                fig[who] = {
+                    s: {k: S.r3(v) for k, v in S.summary(vals).items() if k != "n"} for s, vals in st.items()
+                }
                 lost += count - len(st["e2e"])
                 fig[who]["lost"] = count - len(st["e2e"])
             o, b = fig["ours"]["e2e"], fig["baseline"]["e2e"]
@@ -249,17 +298,34 @@ def report(all_res: dict[str, Any], rates: list[int], count: int, notes: list[st
     for kind in all_res:
         e2e = figures[kind].get(str(GOAL_RATE), {}).get("ours", {}).get("e2e")
         if e2e and e2e["p50"] is not None and e2e["p99"] is not None:
-            goal[kind] = {"p50_ms": e2e["p50"], "p99_ms": e2e["p99"],
-                          "met": bool(e2e["p50"] <= GOAL_P50_MS and e2e["p99"] <= GOAL_P99_MS)}
-            print(f"goal at {GOAL_RATE} ev/s [{kind}]: p50 {e2e['p50']} ms (<= {GOAL_P50_MS}), "
-                  f"p99 {e2e['p99']} ms (<= {GOAL_P99_MS}): {'MET' if goal[kind]['met'] else 'NOT MET'}")
+            goal[kind] = {
+                "p50_ms": e2e["p50"],
+                "p99_ms": e2e["p99"],
+                "met": bool(e2e["p50"] <= GOAL_P50_MS and e2e["p99"] <= GOAL_P99_MS),
+            }
+            print(
+                f"goal at {GOAL_RATE} ev/s [{kind}]: p50 {e2e['p50']} ms (<= {GOAL_P50_MS}), "
+                f"p99 {e2e['p99']} ms (<= {GOAL_P99_MS}): {'MET' if goal[kind]['met'] else 'NOT MET'}"
+            )
     print(S.chart(S.OUT / "propagation.png", f"propagation latency at {GOAL_RATE} ev/s (CDF)", chart_series))
     for n in notes:
         print(n)
-    print("note: 'Redis entry gone' is the feed entry's applied_at (Redis TIME, ms resolution): the two stages "
-          "around it carry +-1 ms of rounding each; end to end does not.")
-    print(json.dumps({"bench": "propagation", "count": count, "figures": figures, "baseline": "in-process stomp.py "
-                      "subscriber -> RouteAuthCache.apply (no Celery hop)", "goal": goal, "lost": lost}))
+    print(
+        "note: 'Redis entry gone' is the feed entry's applied_at (Redis TIME, ms resolution): the two stages "
+        "around it carry +-1 ms of rounding each; end to end does not."
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "propagation",
+                "count": count,
+                "figures": figures,
+                "baseline": "in-process stomp.py subscriber -> RouteAuthCache.apply (no Celery hop)",
+                "goal": goal,
+                "lost": lost,
+            }
+        )
+    )
     return 0 if lost == 0 else 1
 
 

@@ -1,21 +1,23 @@
-"""Backlog throughput: Messenger -> listener -> broker, then broker -> one worker (then two), vs raw Celery no-ops.
+"""Backlog throughput: Messenger -> listener -> broker, then broker -> one worker (then two), vs raw Celery
+no-ops.
 
 Method (one run; a private redis-server is broker and cache; unique queue/cache prefixes):
 
-* ingest: the listener (``python -m listener``, SockJS to the in-process Messenger stand-in) runs with no worker;
-  N CACHE_DELETE_INVALID events (keys that exist in the cache) are published back to back; ingest time = first
-  publish -> the queue holds N tasks (LLEN polled every 10 ms). Baseline: N raw ``send_task`` calls of the same
-  task name and kwargs from one Python loop, with the listener's own send-only app (``listener.sender``).
+* ingest: the listener (``python -m listener``, SockJS to the in-process Messenger stand-in) runs with no
+  worker; N CACHE_DELETE_INVALID events (keys that exist in the cache) are published back to back; ingest
+  time = first publish -> the queue holds N tasks (LLEN polled every 10 ms). Baseline: N raw ``send_task``
+  calls of the same task name and kwargs from one Python loop, with the listener's own send-only app
+  (``listener.sender``).
 * drain: then ``celery -A tasks worker -c 1 -E`` (prefork, shipped ``celeryconfig``: acks_late, prefetch 1) is
   started; drain time = the first message leaves the queue -> queue empty and nothing unacked (worker start-up
-  excluded). Again with two such workers on a fresh backlog. Baseline: the same backlog of ``bench.noop`` tasks
-  (same kwargs, same ack policy, same settings; ``bench/_support.py:noop_app``) drained the same way.
+  excluded). Again with two such workers on a fresh backlog. Baseline: the same backlog of ``bench.noop``
+  tasks (same kwargs, same ack policy, same settings; ``bench/_support.py:noop_app``) drained the same way.
 * ratio = ours / raw for events/s (goal for the drain >= 0.8).
-* ``--profile``: one more drain by a ``-P solo`` worker under cProfile (py-spy is used instead when installed),
-  top functions printed. The listener's own per-frame costs are in ``bench/listener_cost.py``.
+* ``--profile``: one more drain by a ``-P solo`` worker under cProfile (py-spy is used instead when
+  installed), top functions printed. The listener's own per-frame costs are in ``bench/listener_cost.py``.
 
-Default N = 2000 so that ``make bench`` stays under 10 minutes on a shared 2-core machine (this bench ~1.5 min);
-``--events 100000`` is the issue's full backlog and takes roughly 15-25 minutes here.
+Default N = 2000 so that ``make bench`` stays under 10 minutes on a shared 2-core machine (this bench ~1.5
+min); ``--events 100000`` is the issue's full backlog and takes roughly 15-25 minutes here.
 
     python bench/throughput.py [--events 2000] [--profile]
 """
@@ -23,7 +25,6 @@ Default N = 2000 so that ``make bench`` stays under 10 minutes on a shared 2-cor
 from __future__ import annotations
 
 import argparse
-import cProfile
 import io
 import json
 import pstats
@@ -43,7 +44,6 @@ from cache import RouteAuthCache
 from messenger.server import MessengerServer
 from proxysync import constants as C
 
-
 # Celery settings tried on the same backlog (1 worker), to tell the lead what a change would buy.
 VARIANTS: list[tuple[str, dict[str, str]]] = [
     ("prefetch4", {"CELERY_WORKER_PREFETCH_MULTIPLIER": "4"}),
@@ -58,27 +58,54 @@ def queue_of(qp: str) -> str:
 
 def wait_backlog(client: redis.Redis, queue: str, n: int, t0: float, timeout: float) -> float:
     """Seconds from ``t0`` until the queue holds ``n`` messages."""
-    S.wait_for(lambda: int(client.llen(queue)) >= n, timeout, f"{n} tasks in {queue}", poll=0.01)
+    S.wait_for(lambda: S.num(client.llen(queue)) >= n, timeout, f"{n} tasks in {queue}", poll=0.01)
     return time.monotonic() - t0
 
 
-def drain(client: redis.Redis, env: dict[str, str], qp: str, n: int, workers: int, app: str,
-          url: str, wrap: list[str] | None = None, pool: str = "prefork") -> tuple[float, list[S.Proc]]:
+def drain(
+    client: redis.Redis,
+    env: dict[str, str],
+    qp: str,
+    n: int,
+    workers: int,
+    app: str,
+    url: str,
+    wrap: list[str] | None = None,
+    pool: str = "prefork",
+) -> tuple[float, list[S.Proc]]:
     events = env.get("CELERY_SEND_EVENTS") != "0"  # -E would override CELERY_SEND_EVENTS=0
     """Start ``workers`` workers on a backlog of ``n``; seconds from the first message taken to all acked."""
     queue = queue_of(qp)
-    assert int(client.llen(queue)) == n, (client.llen(queue), n)
-    procs = [S.start_worker(env, node=S.node_name(f"bench-tp-{app.split(':')[0].strip('_')}{i}"), queue_prefix=qp,
-                            app=app, pool=pool, wrap=wrap, events=events) for i in range(workers)]
-    S.wait_for(lambda: int(client.llen(queue)) < n, 90, "the first message taken", poll=0.002, procs=tuple(procs))
+    assert S.num(client.llen(queue)) == n, (client.llen(queue), n)
+    procs = [
+        S.start_worker(
+            env,
+            node=S.node_name(f"bench-tp-{app.split(':', maxsplit=1)[0].strip('_')}{i}"),
+            queue_prefix=qp,
+            app=app,
+            pool=pool,
+            wrap=wrap,
+            events=events,
+        )
+        for i in range(workers)
+    ]
+    S.wait_for(
+        lambda: S.num(client.llen(queue)) < n, 90, "the first message taken", poll=0.002, procs=tuple(procs)
+    )
     t0 = time.monotonic()
-    S.wait_for(lambda: int(client.llen(queue)) == 0 and int(client.hlen("unacked")) == 0, 60 + n / 20,
-               "the backlog drained", poll=0.01, procs=tuple(procs))
+    S.wait_for(
+        lambda: S.num(client.llen(queue)) == 0 and S.num(client.hlen("unacked")) == 0,
+        60 + n / 20,
+        "the backlog drained",
+        poll=0.01,
+        procs=tuple(procs),
+    )
     return time.monotonic() - t0, procs
 
 
-def ours_backlog(server: MessengerServer, client: redis.Redis, cache: RouteAuthCache, dest: str, qp: str,
-                 n: int, tag: str) -> tuple[float, float]:
+def ours_backlog(
+    server: MessengerServer, client: redis.Redis, cache: RouteAuthCache, dest: str, qp: str, n: int, tag: str
+) -> tuple[float, float]:
     keys = [S.bench_key(tag, i) for i in range(n)]
     for k in keys:
         cache.put(k, {"upstream": "http://u", "serviceName": "svc"})
@@ -100,12 +127,15 @@ def raw_backlog(url: str, qp: str, n: int, tag: str, task: str, cache: RouteAuth
     if cache is not None:  # our task: the keys exist, as in the listener-made backlog
         for i in range(n):
             cache.put(S.bench_key(tag, i), {"upstream": "http://u", "serviceName": "svc"})
-    calls = [(f"r{tag}-{i}", {"event_id": f"r{tag}-{i}", "event_time": time.time(),
-                              "key": S.bench_key(tag, i)}) for i in range(n)]
+    calls = [
+        (f"r{tag}-{i}", {"event_id": f"r{tag}-{i}", "event_time": time.time(), "key": S.bench_key(tag, i)})
+        for i in range(n)
+    ]
     t0 = time.monotonic()
     for tid, kw in calls:
-        app.send_task(task, kwargs=kw, task_id=tid, queue=queue, exchange=queue, routing_key=queue,
-                      ignore_result=True)
+        app.send_task(
+            task, kwargs=kw, task_id=tid, queue=queue, exchange=queue, routing_key=queue, ignore_result=True
+        )
     took = wait_backlog(client, queue, n, t0, 60 + n / 20)
     app.close()
     client.close()
@@ -116,32 +146,56 @@ def profile_drain(client: redis.Redis, env: dict[str, str], qp: str, n: int, url
     out = S.OUT / "throughput-worker.prof"
     out.parent.mkdir(parents=True, exist_ok=True)
     spy = shutil.which("py-spy")
-    took, procs = drain(client, env, qp, n, 1, "tasks", url, pool="solo",
-                        wrap=None if spy else ["-m", "cProfile", "-o", str(out)])
+    took, procs = drain(
+        client,
+        env,
+        qp,
+        n,
+        1,
+        "tasks",
+        url,
+        pool="solo",
+        wrap=None if spy else ["-m", "cProfile", "-o", str(out)],
+    )
     if spy:  # pragma: no cover - not installed here
         svg = S.OUT / "throughput-worker.svg"
         subprocess.run([spy, "record", "-d", "5", "-o", str(svg), "-p", str(procs[0].pid)], check=False)
     for p in procs:
         p.stop(30)
-    lines = [f"profile: {n} tasks drained by one -P solo worker in {took:.2f}s ({n / took:.0f}/s) under cProfile "
-             f"(adds overhead); {out}"]
+    lines = [
+        f"profile: {n} tasks drained by one -P solo worker in {took:.2f}s ({n / took:.0f}/s) under cProfile "
+        f"(adds overhead); {out}"
+    ]
     if out.exists():
-        for sort, restrict, what in (("tottime", [10], "whole worker, by own time"),
-                                     ("cumulative", [r"/work/main/(tasks|cache)/.*\((?!<module>)", 12],
-                                      "our code (tasks/, cache/), cumulative")):
+        for sort, restrict, what in (
+            ("tottime", [10], "whole worker, by own time"),
+            (
+                "cumulative",
+                [r"/work/main/(tasks|cache)/.*\((?!<module>)", 12],
+                "our code (tasks/, cache/), cumulative",
+            ),
+        ):
             buf = io.StringIO()
             pstats.Stats(str(out), stream=buf).sort_stats(sort).print_stats(*restrict)
             text = buf.getvalue().splitlines()
             start = next((i for i, ln in enumerate(text) if ln.strip().startswith("ncalls")), 0)
-            lines += [f"  -- {what}"] + [ln.replace(str(S.ROOT) + "/", "") for ln in text[start:] if ln.strip()]
+            lines += [f"  -- {what}"] + [
+                ln.replace(str(S.ROOT) + "/", "") for ln in text[start:] if ln.strip()
+            ]
     return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("--events", type=int, default=2000, help="backlog size (issue: 100000; default keeps "
-                    "make bench < 10 min)")
-    ap.add_argument("--profile", action="store_true", help="one more drain under cProfile (py-spy if installed)")
+    ap.add_argument(
+        "--events",
+        type=int,
+        default=2000,
+        help="backlog size (issue: 100000; default keeps make bench < 10 min)",
+    )
+    ap.add_argument(
+        "--profile", action="store_true", help="one more drain under cProfile (py-spy if installed)"
+    )
     args = ap.parse_args()
     n = args.events
     rid = S.run_id()
@@ -185,7 +239,7 @@ def main() -> int:
             if args.profile:
                 ours_backlog(server, client, cache, dest, qp, n, f"{rid}prof")
                 prof = profile_drain(client, env, qp, n, url)
-            fed = int(client.xlen(f"{cp}:feed"))
+            fed = S.num(client.xlen(f"{cp}:feed"))
         finally:
             for p in procs:
                 p.stop()
@@ -195,40 +249,68 @@ def main() -> int:
 
 
 def report(res: dict[str, Any], n: int, fed: int, prof: list[str]) -> int:
-    print(f"throughput: backlog of {n} CACHE_DELETE_INVALID events; private redis-server as broker and cache; "
-          "workers -c 1 prefork -E, shipped celeryconfig (acks_late, prefetch 1)")
+    print(
+        f"throughput: backlog of {n} CACHE_DELETE_INVALID events; private redis-server as broker and cache; "
+        "workers -c 1 prefork -E, shipped celeryconfig (acks_late, prefetch 1)"
+    )
     print(f"{'stage':<44}{'ours ev/s':>10}{'raw ev/s':>10}{'ratio':>7}{'ours s':>9}{'raw s':>8}")
     figures: dict[str, Any] = {}
     for w in (1, 2):
         o, r = res[f"ours_{w}w"], res[f"raw_{w}w"]
-        for stage, label in (("ingest_s", f"ingest: Messenger -> listener -> broker ({w})"),
-                             ("drain_s", f"drain: broker -> {w} worker{'s' if w > 1 else ''}")):
+        for stage, label in (
+            ("ingest_s", f"ingest: Messenger -> listener -> broker ({w})"),
+            ("drain_s", f"drain: broker -> {w} worker{'s' if w > 1 else ''}"),
+        ):
             ours, raw = n / o[stage], n / r[stage]
             print(f"{label:<44}{ours:>10.0f}{raw:>10.0f}{ours / raw:>7.2f}{o[stage]:>9.2f}{r[stage]:>8.2f}")
-            figures[f"{stage[:-2]}_{w}w"] = {"ours_per_s": round(ours, 1), "raw_per_s": round(raw, 1),
-                                             "ratio": round(ours / raw, 3), "ours_s": round(o[stage], 3),
-                                             "raw_s": round(r[stage], 3)}
-        print(f"  (the stand-in took {o['publish_s']:.2f}s to accept the {n} publishes: "
-              f"{n / o['publish_s']:.0f}/s offered)")
+            figures[f"{stage[:-2]}_{w}w"] = {
+                "ours_per_s": round(ours, 1),
+                "raw_per_s": round(raw, 1),
+                "ratio": round(ours / raw, 3),
+                "ours_s": round(o[stage], 3),
+                "raw_s": round(r[stage], 3),
+            }
+        print(
+            f"  (the stand-in took {o['publish_s']:.2f}s to accept the {n} publishes: "
+            f"{n / o['publish_s']:.0f}/s offered)"
+        )
     base = res["ours_1w"]["drain_s"]
     for label, v in res.get("variants", {}).items():
         env = " ".join(f"{k}={x}" for k, x in v["env"].items())
-        print(f"{'drain, 1 worker, ' + env:<64}{n / v['drain_s']:>8.0f} ev/s  x{base / v['drain_s']:.2f} "
-              "vs shipped settings")
-        figures[f"variant_{label}"] = {"ours_per_s": round(n / v["drain_s"], 1),
-                                       "speedup": round(base / v["drain_s"], 3), "env": v["env"]}
-    print("baseline: ingest = raw send_task loop with the listener's send-only app; drain = bench.noop tasks, "
-          "same settings")
+        print(
+            f"{'drain, 1 worker, ' + env:<64}{n / v['drain_s']:>8.0f} ev/s  x{base / v['drain_s']:.2f} "
+            "vs shipped settings"
+        )
+        figures[f"variant_{label}"] = {
+            "ours_per_s": round(n / v["drain_s"], 1),
+            "speedup": round(base / v["drain_s"], 3),
+            "env": v["env"],
+        }
+    print(
+        "baseline: ingest = raw send_task loop with the listener's send-only app; drain = bench.noop tasks, "
+        "same settings"
+    )
     for line in prof:
         print(line)
     expect = (2 + len(VARIANTS)) * n + (n if prof else 0)
     print(f"feed entries written: {fed} (expected {expect})")
-    print(json.dumps({"bench": "throughput", "events": n, "figures": figures,
-                      "baseline": "raw Celery: send_task loop (ingest), bench.noop tasks (drain), same broker+settings",
-                      "goal": {"drain_ratio_min": 0.8,
-                               "met_1w": figures["drain_1w"]["ratio"] >= 0.8,
-                               "met_2w": figures["drain_2w"]["ratio"] >= 0.8},
-                      "feed_entries": fed}))
+    print(
+        json.dumps(
+            {
+                "bench": "throughput",
+                "events": n,
+                "figures": figures,
+                "baseline": "raw Celery: send_task loop (ingest), bench.noop tasks (drain), same "
+                "broker+settings",
+                "goal": {
+                    "drain_ratio_min": 0.8,
+                    "met_1w": figures["drain_1w"]["ratio"] >= 0.8,
+                    "met_2w": figures["drain_2w"]["ratio"] >= 0.8,
+                },
+                "feed_entries": fed,
+            }
+        )
+    )
     return 0 if fed == expect else 1
 
 
