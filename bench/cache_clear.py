@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -139,9 +140,12 @@ def naive_clear(naive: redis.Redis, tenant: str, app: str) -> int:
     removed = 0
     cursor = 0
     while True:
-        cursor, keys = naive.scan(cursor, match=f"{PREFIX}:naive:{tenant}#{app}#*", count=1000)
+        reply: tuple[int, list[bytes]] = naive.scan(  # type: ignore[assignment]  # sync client
+            cursor, match=f"{PREFIX}:naive:{tenant}#{app}#*", count=1000
+        )
+        cursor, keys = reply
         if keys:
-            removed += int(naive.unlink(*keys))
+            removed += int(naive.unlink(*keys))  # type: ignore[arg-type]  # sync client
         if cursor == 0:
             return removed
 
@@ -150,7 +154,10 @@ def settle(client: redis.Redis) -> None:
     """Wait until Redis' background thread has freed what earlier UNLINKs handed it (so it does not compete
     with the next timed call for the machine's cores)."""
     deadline = time.monotonic() + 10
-    while int(client.info("memory").get("lazyfree_pending_objects", 0)) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        memory: dict[str, Any] = client.info("memory")  # type: ignore[assignment]  # sync client
+        if not int(memory.get("lazyfree_pending_objects", 0)):
+            return
         time.sleep(0.005)
 
 
@@ -163,7 +170,7 @@ def timed(fn: Callable[[], int]) -> tuple[float, int]:
 def server_ms(client: redis.Redis) -> float:
     """Time the server spent executing commands since the last CONFIG RESETSTAT (INFO commandstats), in ms:
     the same figure without the client's round trips and scheduling noise."""
-    stats = client.info("commandstats")
+    stats: dict[str, dict[str, Any]] = client.info("commandstats")  # type: ignore[assignment]  # sync client
     skip = ("cmdstat_config|resetstat", "cmdstat_info")
     return sum(float(v["usec"]) for k, v in stats.items() if k not in skip) / 1000.0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -36,7 +37,8 @@ def keys_under(client: redis.Redis, prefix: str) -> set[str]:
 
 
 def members(client: redis.Redis, name: str) -> set[str]:
-    return {m.decode() for m in client.zrange(name, 0, -1)}
+    found: list[bytes] = client.zrange(name, 0, -1)  # type: ignore[assignment]  # sync client
+    return {m.decode() for m in found}
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -50,7 +52,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 10.0) -> Non
 def command_calls(client: redis.Redis) -> dict[str, int]:
     """Commands executed by the server since the last CONFIG RESETSTAT: what the scripts' redis.call ran
     (the script invocation itself, and its one-time SCRIPT LOAD, are left out)."""
-    stats = client.info("commandstats")
+    stats: dict[str, dict[str, Any]] = client.info("commandstats")  # type: ignore[assignment]  # sync client
     skip = {
         "cmdstat_config|resetstat",
         "cmdstat_info",

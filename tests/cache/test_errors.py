@@ -56,7 +56,7 @@ def test_paused_server_times_out_as_transient(private_redis: RedisServer) -> Non
     admin = client_for(private_redis)
     cache = RouteAuthCache(client_for(private_redis, socket_timeout=0.2), prefix="p")
     cache.put(K1, 1)
-    admin.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+    admin.client_pause(1500, all=True)
     t0 = time.monotonic()
     with pytest.raises(CacheUnavailableError, match="TimeoutError"):
         cache.get(K1)

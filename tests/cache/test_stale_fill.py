@@ -210,7 +210,9 @@ def test_no_stale_fill_over_seeded_random_interleavings(redis_client: redis.Redi
     world = World(RouteAuthCache(redis_client, prefix=prefix, ttl=0))
     for i in range(2500):
         key = rng.choice(KEYS)
-        after = [(rng.choice(["upd_inv", "inv"]), rng.choice([s for s in SCOPES if covers(s, key)]))]
+        after: list[Any] = [
+            (rng.choice(["upd_inv", "inv"]), rng.choice([s for s in SCOPES if covers(s, key)]))
+        ]
         after += [
             (rng.choice(["upd_inv", "inv", "upd"]), rng.choice(SCOPES)) for _ in range(rng.randrange(2))
         ]

@@ -50,8 +50,10 @@ def test_ttl_expiry(cache: RouteAuthCache, redis_client: redis.Redis, prefix: st
     assert cache.get(K1) == 1
     wait_for(lambda: cache.get(K1) is None, "the 0.3 s entry to expire")
     assert cache.get(K2) == 2
-    assert redis_client.pttl(f"{prefix}:ix:0:h:tenant-1#app-1") == -1  # the scope lives while K2 does
-    assert 0 < redis_client.pttl(f"{prefix}:ix:0:h:tenant-1#app-2") <= 60_000  # and expires with its last
+    ttl_app1: int = redis_client.pttl(f"{prefix}:ix:0:h:tenant-1#app-1")  # type: ignore[assignment]
+    ttl_app2: int = redis_client.pttl(f"{prefix}:ix:0:h:tenant-1#app-2")  # type: ignore[assignment]
+    assert ttl_app1 == -1  # the scope lives while K2 does
+    assert 0 < ttl_app2 <= 60_000  # and expires with its last entry
     assert cache.count() == 2
 
 
@@ -120,7 +122,7 @@ def test_clear_removes_exactly_the_tenant_app(
     ix = f"{prefix}:ix:0"
     assert not redis_client.exists(*(f"{ix}:{kind}:tenant-1#app-1" for kind in ("h", "x", "s")))
     assert not [k for k in keys_under(redis_client, prefix) if k.startswith(f"{ix}:tas:tenant-1#app-1#")]
-    assert {m.decode() for m in redis_client.smembers(f"{ix}:ts:tenant-1#svc0")} == {
+    assert {m.decode() for m in redis_client.smembers(f"{ix}:ts:tenant-1#svc0")} == {  # type: ignore[union-attr]
         "tenant-1#app-2",
         "tenant-1#app-10",
     }
@@ -158,7 +160,8 @@ def test_overwrite_moves_an_entry_between_services(
     assert not redis_client.exists(f"{prefix}:ix:0:tas:tenant-1#app-1#new")
     assert cache.clear_by_name("tenant-1", "new") == 0
     assert cache.get(K1) == {"no": "service"}
-    assert {k.decode() for k in redis_client.hkeys(f"{prefix}:ix:0:h:tenant-1#app-1")} == {K1}
+    fields: list[bytes] = redis_client.hkeys(f"{prefix}:ix:0:h:tenant-1#app-1")  # type: ignore[assignment]
+    assert {k.decode() for k in fields} == {K1}
 
 
 def test_expired_entries_do_not_pile_up_in_indexes(
@@ -181,8 +184,10 @@ def test_expired_entries_do_not_pile_up_in_indexes(
     # And an index whose members all expired disappears by itself
     cache.put("t#gone#/x#K#e", {"serviceName": "gone"}, ttl=0.2)
     wait_for(
-        lambda: not redis_client.exists(
-            f"{prefix}:ix:0:h:t#gone", f"{prefix}:ix:0:x:t#gone", f"{prefix}:ix:0:tas:t#gone#gone"
+        lambda: (
+            not redis_client.exists(
+                f"{prefix}:ix:0:h:t#gone", f"{prefix}:ix:0:x:t#gone", f"{prefix}:ix:0:tas:t#gone#gone"
+            )
         ),
         "the indexes of an expired-only scope to expire",
     )

@@ -292,7 +292,7 @@ bodies = st.one_of(
 )
 
 
-@settings(max_examples=600)
+@settings(max_examples=300)
 @given(bodies)
 def test_fuzz_json_ish_structures(data: object) -> None:
     check(json.dumps(data))
