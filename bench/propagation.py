@@ -205,7 +205,17 @@ def main() -> int:
     )
     ap.add_argument("--rates", default="100,500,1000", help="events per second, comma separated")
     ap.add_argument("--count", type=int, default=1000, help="events per rate")
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="what-if: an extra environment variable for the listener and worker (repeatable), "
+        "e.g. CELERY_SEND_EVENTS=0 (then the worker runs without -E: no 'received' stage)",
+    )
+    ap.add_argument("--pool", default="prefork", help="what-if: the worker's -P (prefork, solo, threads)")
     args = ap.parse_args()
+    extra = dict(kv.split("=", 1) for kv in args.env)
     rates = [int(r) for r in args.rates.split(",") if r]
     kinds = (
         ["standin"]
@@ -227,10 +237,17 @@ def main() -> int:
     with S.private_redis() as rs:
         url = rs.url
         qp = f"bench-prop-{rid}"
-        env = S.base_env(url, qp, f"bench-prop-{rid}")
+        env = S.base_env(url, qp, f"bench-prop-{rid}", **extra)
         app = S.ping_app(url)
         node = S.node_name("bench-prop-worker")
-        worker = S.start_worker(env, node=node, queue_prefix=qp, concurrency=1)
+        worker = S.start_worker(
+            env,
+            node=node,
+            queue_prefix=qp,
+            concurrency=1,
+            pool=args.pool,
+            events=env.get("CELERY_SEND_EVENTS") != "0",
+        )
         caps = S.EventCapture(url)
         try:
             S.wait_worker(app, node, worker)
@@ -239,6 +256,8 @@ def main() -> int:
         finally:
             caps.stop()
             worker.stop()
+    if extra or args.pool != "prefork":
+        notes.append(f"what-if: environment {extra}, worker pool {args.pool}")
     return report(all_res, rates, args.count, notes)
 
 
