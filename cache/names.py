@@ -61,9 +61,5 @@ def epoch_key(prefix: str) -> str:
     return f"{prefix}:epoch"
 
 
-def all_index(prefix: str, epoch: int) -> str:
-    return f"{prefix}:ix:{epoch}:all"
-
-
 def done_key(prefix: str, event_id: str) -> str:
     return f"{prefix}:done:{event_id}"

@@ -19,7 +19,7 @@ from cache.errors import (
     InvalidValueError,
 )
 from cache.keys import CacheKey, validate_id
-from cache.names import DEFAULT_PREFIX, Op, all_index, done_key, epoch_key, feed_stream
+from cache.names import DEFAULT_PREFIX, Op, done_key, epoch_key, feed_stream
 
 _TRANSIENT = (
     rex.ConnectionError,
@@ -291,6 +291,3 @@ class RouteAuthCache:
     def feed_length(self) -> int:
         with redis_errors("feed_length"):
             return int(self.redis.xlen(feed_stream(self.prefix)))  # type: ignore[arg-type]
-
-    def _all_index(self) -> str:
-        return all_index(self.prefix, self.epoch())
