@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -94,9 +95,16 @@ class MessengerEvent(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     payload: Payload
-    timestamp: str | int | float | None = None
+    timestamp: Any = None  # ISO 8601 string or epoch s/ms, kept as sent (see event_time)
     source: str | None = None
     event_id: str = ""
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _timestamp(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, str | int | float) and not isinstance(v, bool)):
+            return v
+        raise ValueError(f"timestamp must be an ISO 8601 string or an epoch number, not {type(v).__name__}")
 
     @property
     def type(self) -> EventType:
@@ -108,10 +116,12 @@ class MessengerEvent(BaseModel):
         if ts is None or isinstance(ts, bool):
             return None
         if isinstance(ts, int | float):
+            if not math.isfinite(ts) or ts <= 0:
+                return None  # NaN/Infinity parse as JSON numbers; they are no time
             return float(ts) / 1000.0 if ts > 1e11 else float(ts)  # epoch ms or epoch s
         try:
             return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
 
 

@@ -91,6 +91,23 @@ def test_event_time_falls_back_to_reception_and_reads_epoch_ms_and_s() -> None:
     assert parse_event(json.dumps({"payload": payload, "timestamp": "not a date"})).event_time() is None
 
 
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity", "1e400", "-5", '"9999-99-99"'])
+def test_timestamps_that_are_no_time_fall_back_to_reception(raw: str) -> None:
+    # Given a timestamp that json accepts but that names no instant
+    body = '{"payload": {"type": "ALL_CACHE_INVALID"}, "timestamp": ' + raw + '}'
+    # When the event becomes a task
+    call = task_call(parse_event(body), received_at=7.0)
+    # Then the propagation clock starts at reception, never at NaN/inf
+    assert call.kwargs["event_time"] == 7.0
+
+
+def test_boolean_timestamp_is_a_wrong_type() -> None:
+    with pytest.raises(EventError) as err:
+        parse_event('{"payload": {"type": "ALL_CACHE_INVALID"}, "timestamp": true}')
+    assert err.value.reason == "wrong_type"
+    assert "timestamp" in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("raw", "reason", "says"),
     [
