@@ -49,5 +49,6 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for note in row.notes:
             tr.write_line(f"  {row.fault.split()[0]}: {note}")
     if any(row.window for row in RESULTS):
-        tr.write_line("  brpop*: taken off the Redis broker by a worker that died (or lost the broker) before kombu "
-                      "recorded it as unacked (celery/kombu#305): the Redis transport's at-most-once window")
+        tr.write_line("  brpop*: taken off the Redis broker by a worker that died (or lost the broker) "
+                      "before kombu recorded it as unacked (celery/kombu#305): the Redis transport's "
+                      "at-most-once window")

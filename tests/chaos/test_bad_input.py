@@ -71,7 +71,7 @@ def _raw_frames(topic_dest: str) -> list[bytes]:
 
 
 def _inject(server: MessengerServer, frame: bytes) -> None:
-    """Write ``frame`` as-is onto every open session (the stand-in's own send path: SockJS-framed if needed)."""
+    """Write ``frame`` as-is onto every open session (the stand-in's own send path)."""
     app = server.app
 
     async def send_all() -> None:

@@ -32,9 +32,10 @@ def test_broker_redis_restart_spools_replays_and_workers_resume(pipeline: Pipeli
     late = {f"late-{p.tag}-{i}" for i in range(20)}
     for event_id in sorted(late):
         p.publish_event(event_id, key=p.key(0))
-    consuming = p.wait_applied(40, ids=late)
+    consuming = p.wait_applied(40, ids=late) and p.wait_applied(20)
     counts = p.account("2 broker Redis restart (3 s down)", window=True)
     assert consuming, (f"events sent after the broker restart were not applied: the worker (alive="
-                       f"{worker.alive()}) silently stopped consuming after the Redis reconnect\n{p.diagnose()}")
+                       f"{worker.alive()}) silently stopped consuming after the Redis reconnect\n"
+                       f"{p.diagnose()}")
     assert_nothing_lost(p, counts)
     assert listener.alive() and p.metric(listener, "proxysync_listener_spool_depth") == 0

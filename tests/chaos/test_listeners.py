@@ -20,9 +20,9 @@ def test_two_listeners_one_killed_every_event_applied_once(pipeline: Pipeline) -
     p.start_worker(concurrency=2)
     first = p.start_listener()
     second = p.start_listener()
-    # When 600 events flow and the first listener is killed at about a third of them
-    stream = p.stream(600, rate=150)
-    stream.wait_published(200)
+    # When 400 events flow and the first listener is killed at about a third of them
+    stream = p.stream(400, rate=150)
+    stream.wait_published(130)
     first.kill9()
     stream.join()
     # Then every event is applied exactly once in effect; the survivor never reconnected

@@ -25,12 +25,12 @@ def test_kill_9_of_a_pool_child_and_of_a_whole_worker_loses_nothing(pipeline: Pi
     victim = p.start_worker(concurrency=2)
     p.start_worker(concurrency=1)
     p.start_listener()
-    # When 600 events flow and the victim loses a child, then dies as a whole
-    stream = p.stream(600, rate=150)
-    stream.wait_published(150)
+    # When 400 events flow and the victim loses a child, then dies as a whole
+    stream = p.stream(400, rate=150)
+    stream.wait_published(100)
     children = wait_for(victim.children, 10, "the victim's pool children")
     os.kill(children[0], signal.SIGKILL)
-    stream.wait_published(350)
+    stream.wait_published(250)
     victim.kill9()
     p.start_worker(concurrency=1)  # the replacement
     stream.join()

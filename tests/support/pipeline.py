@@ -13,9 +13,11 @@ when a gap-policy ``invalidate_all`` was applied after it was published; anythin
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -38,7 +40,7 @@ from tests.listener.conftest import event, wait_for
 from tests.tasks.conftest import TEST_POLICY
 
 BIN = Path(sys.executable).parent
-TOKEN = "chaos-token-3f9a7c1e5b2d"  # noqa: S105 - a test credential the suite greps for in logs
+TOKEN = "chaos-token-3f9a7c1e5b2d"
 #: Env the children must not inherit from whoever runs the suite (their values are set explicitly).
 _OWN_ENV = ("WEBSOCKET_CLIENT_", "IAM_", "LISTENER_", "CELERY_", "CACHE_", "WORKER_", "PROXYSYNC_", "LOG_")
 
@@ -89,10 +91,8 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.kill9()
         # a prefork worker's children die with it; make sure nothing of the group is left
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(self.pid, signal.SIGKILL)
-        except OSError:
-            pass
 
 
 @dataclass
@@ -111,8 +111,8 @@ class Counts:
     notes: list[str] = field(default_factory=list)
 
     def row(self) -> str:
-        return (f"{self.fault:<46} {self.sent:>6} {self.applied:>7} {self.duplicates:>5} {self.redelivered:>6}"
-                f" {self.resynced:>8} {self.window:>7} {self.lost:>5}")
+        return (f"{self.fault:<46} {self.sent:>6} {self.applied:>7} {self.duplicates:>5}"
+                f" {self.redelivered:>6} {self.resynced:>8} {self.window:>7} {self.lost:>5}")
 
     HEADER = (f"{'fault':<46} {'sent':>6} {'applied':>7} {'dups':>5} {'redel':>6} {'resynced':>8}"
               f" {'brpop*':>7} {'lost':>5}")
@@ -126,7 +126,7 @@ class Pipeline:
     """Start with :meth:`start`; add listeners and workers; :meth:`close` stops everything it started."""
 
     def __init__(self, tmp: Path, cache_url: str, cache_prefix: str, *, token: str | None = None,
-                 heartbeat_ms: int = 1000) -> None:
+                 heartbeat_ms: int = 1000, ssl_context: ssl.SSLContext | None = None) -> None:
         self.tmp = tmp
         self.cache_url, self.cache_prefix = cache_url, cache_prefix
         self.cache = redis.Redis.from_url(cache_url)
@@ -137,7 +137,7 @@ class Pipeline:
         self.heartbeat_ms = heartbeat_ms
         self.messenger_up = False
         self.broker = RedisServer()
-        self.messenger = MessengerServer(token=token, heartbeat_ms=heartbeat_ms)
+        self.messenger = MessengerServer(token=token, heartbeat_ms=heartbeat_ms, ssl_context=ssl_context)
         self.listeners: list[Proc] = []
         self.workers: list[Proc] = []
         self.sent: dict[str, float] = {}  # event_id -> time.time() of the publish
@@ -147,7 +147,7 @@ class Pipeline:
 
     def start(self) -> Pipeline:
         self.broker.start()
-        # Saved on SIGTERM and loaded again on start: a restart keeps the queues, as a production broker would.
+        # Saved on SIGTERM, loaded again on start: a restart keeps the queues, as a production broker would.
         self.broker_client().config_set("save", "3600 1")
         self.messenger.start()
         self.messenger_up = True
@@ -251,8 +251,17 @@ class Pipeline:
         return self.metric(proc, "proxysync_listener_connected") == 1.0
 
     def wait_subscribed(self, proc: Proc, timeout: float = 30.0) -> None:
+        """The listener says SUBSCRIBED and the stand-in holds a subscription for every such listener (the
+        listener sends SUBSCRIBE without a receipt: a publish right after could otherwise find nobody)."""
         wait_for(lambda: not proc.alive() or self.subscribed(proc), timeout, f"{proc.name} subscribed")
         assert proc.alive(), proc.text()[-3000:]
+        dest = C.topic_destination(self.topic)
+
+        def held() -> bool:
+            subs = [s for s in self.messenger.stats()["subscriptions"] if s["destination"] == dest]
+            return len(subs) >= sum(1 for p in self.listeners if p.alive() and self.subscribed(p))
+
+        wait_for(held, timeout, "the stand-in to hold the subscription")
 
     # --- events ---
 
@@ -294,16 +303,34 @@ class Pipeline:
     def gap_resyncs(self) -> list[FeedEntry]:
         return [e for e in self.feed() if e.op is Op.INVALIDATE_ALL and (e.event_id or "").startswith("gap-")]
 
-    def wait_applied(self, timeout: float = 60.0, ids: set[str] | None = None) -> bool:
-        """Wait until ``ids`` (default: every sent event not resynced) are applied; ``False`` on timeout."""
+    def wait_applied(self, timeout: float = 60.0, ids: set[str] | None = None, *,
+                     resync_ok: bool = False) -> bool:
+        """Wait until ``ids`` (default: every sent event) are applied; ``False`` on timeout.
+
+        With ``resync_ok``, events covered by a gap resync need not be applied: then it is enough that
+        nothing is lost and the broker holds nothing more (queues and ``unacked`` empty)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if ids is not None and ids <= set(self.applied_ids()):
-                return True
-            if ids is None and self.account("probe", record=False).lost == 0:
-                return True
+            if ids is not None:
+                if ids <= set(self.applied_ids()):
+                    return True
+            else:
+                counts = self.account("probe", record=False)
+                if counts.applied == counts.sent:
+                    return True
+                if resync_ok and counts.lost == 0 and self._broker_idle():
+                    return True
             time.sleep(0.25)
         return False
+
+    def _broker_idle(self) -> bool:
+        try:
+            client = self.broker_client()
+            queues = (C.queue_name(q, self.queue_prefix) for q in (C.QUEUE_INVALIDATIONS, C.QUEUE_ROUTES))
+            busy = client.hlen("unacked") + sum(client.llen(q) for q in queues)
+        except redis.RedisError:
+            return False
+        return busy == 0
 
     def restart_messenger(self, down_s: float) -> MessengerServer:
         """Stop the stand-in (every session ends), wait ``down_s``, start a fresh one on the same port."""
@@ -407,13 +434,14 @@ def popped_and_dropped(p: Pipeline, ids: list[str]) -> bool:
 
     kombu's Redis transport BRPOPs a message (removing it from the list) and only then writes it to the
     ``unacked`` hash from the client; a worker killed, or a broker that dies, between the two loses that one
-    message (celery/kombu#305, #1733). Such an event is in no queue, not in ``unacked`` and no worker logged it
-    as received. Anything else missing is a loss of ours.
+    message (celery/kombu#305, #1733). Such an event is in no queue, not in ``unacked`` and no worker
+    logged it as received. Anything else missing is a loss of ours.
     """
     client = p.broker_client()
-    held = b"".join([*client.hvals("unacked"), *(
-        b"".join(client.lrange(C.queue_name(q, p.queue_prefix), 0, -1))
-        for q in (C.QUEUE_INVALIDATIONS, C.QUEUE_ROUTES))])
+    parts: list[bytes] = list(client.hvals("unacked"))  # type: ignore[arg-type]
+    for q in (C.QUEUE_INVALIDATIONS, C.QUEUE_ROUTES):
+        parts += client.lrange(C.queue_name(q, p.queue_prefix), 0, -1)  # type: ignore[arg-type]
+    held = b"".join(parts)
     logs = "".join(w.text() for w in p.workers)
     return bool(ids) and all(i.encode() not in held and f"[{i}] received" not in logs for i in ids)
 
@@ -422,4 +450,5 @@ def assert_nothing_lost(p: Pipeline, counts: Counts, *, resync_allowed: bool = F
     assert counts.lost == 0, f"{counts}\n{p.diagnose(counts.missing)}"
     assert counts.duplicates == 0, counts
     if not resync_allowed:
-        assert counts.resynced == 0 and counts.applied + counts.window == counts.sent, f"{counts}\n{p.diagnose(counts.missing)}"
+        complete = counts.resynced == 0 and counts.applied + counts.window == counts.sent
+        assert complete, f"{counts}\n{p.diagnose(counts.missing)}"

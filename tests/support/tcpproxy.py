@@ -159,7 +159,8 @@ class TcpProxy:
                 pair.upstream.close()
             return
         for src, dst in ((pair.client, pair.upstream), (pair.upstream, pair.client)):
-            threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True, name="tcpproxy-pump").start()
+            threading.Thread(target=self._pump, args=(pair, src, dst), daemon=True,
+                             name="tcpproxy-pump").start()
 
     def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket) -> None:
         while not pair.closed.is_set() and not self._stop.is_set():
