@@ -77,12 +77,15 @@ class CelerySender:
         try:
             queue = C.queue_name(call.queue)
             # exchange + routing key spelled out: a task_routes entry must not redirect an explicit queue.
+            # The anonymous exchange ("") delivers straight to the queue named by the routing key (AMQP's
+            # default exchange; kombu's Redis transport skips its per-publish binding lookup, SMEMBERS + a new
+            # client: ~300 us CPU and one round trip per frame, bench/listener_cost.py).
             self.app.send_task(
                 call.name,
                 kwargs=call.kwargs,
                 task_id=call.task_id,
                 queue=queue,
-                exchange=queue,
+                exchange="",
                 routing_key=queue,
                 ignore_result=True,
                 retry=True,
