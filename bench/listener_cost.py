@@ -137,14 +137,16 @@ def parse_only() -> Callable[[str], None]:
 
 
 def send_variants(sender: CelerySender) -> dict[str, Callable[[str], None]]:
-    """The send alone, as shipped and with two what-if changes to ``listener/sender.py`` (same app)."""
+    """The send alone: as shipped, as before 267eb49 (named exchange), and a what-if (no task-sent event,
+    i.e. ``task_send_sent_event`` off in ``listener/sender.build_app``); same app otherwise. Interleaved
+    round-robin so machine noise hits all three alike."""
     from proxysync.events import parse_event, task_call
 
     def call_of(text: str) -> Any:
         msg = sockjs.decode_server_frame(text).messages[0]
         return task_call(parse_event(msg.partition("\n\n")[2].rstrip("\x00")), received_at=time.time())
 
-    def anon(text: str, events: bool) -> None:
+    def send(text: str, exchange: str | None, events: bool) -> None:
         call = call_of(text)
         q = C.queue_name(call.queue)
         sender.app.conf.task_send_sent_event = events
@@ -153,7 +155,7 @@ def send_variants(sender: CelerySender) -> dict[str, Callable[[str], None]]:
             kwargs=call.kwargs,
             task_id=call.task_id,
             queue=q,
-            exchange="",
+            exchange=q if exchange is None else exchange,
             routing_key=q,
             ignore_result=True,
         )
@@ -161,9 +163,20 @@ def send_variants(sender: CelerySender) -> dict[str, Callable[[str], None]]:
 
     return {
         "send as shipped (CelerySender.send)": lambda t: sender.send(call_of(t)),
-        "send, exchange='' (anon: no binding lookup)": lambda t: anon(t, True),
-        "send, exchange='' + no task-sent event": lambda t: anon(t, False),
+        "send via named exchange (pre-267eb49)": lambda t: send(t, None, True),
+        "what-if: + no task-sent event": lambda t: send(t, "", False),
     }
+
+
+def cpu_interleaved(fns: dict[str, Callable[[str], None]], frames: list[str]) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    names = list(fns)
+    for i, f in enumerate(frames):
+        name = names[i % len(names)]
+        t0 = time.thread_time_ns()
+        fns[name](f)
+        out[name].append((time.thread_time_ns() - t0) / 1000)
+    return out
 
 
 def cpu(fn: Callable[[str], None], frames: list[str]) -> list[float]:
@@ -211,13 +224,8 @@ def main() -> int:
         res["small_base"] = cpu(base, small_b)
         res["rss_small_mb"] = rss_mb()
         res["parse_only"] = cpu(parse_only(), small)
-        res["send"] = {}
-        for n, (label, fn) in enumerate(send_variants(sender).items()):  # incl. parse: subtract parse_only
-            frames = [
-                wire(i, S.event_body(i, f"{rid}s{n}", S.bench_key(rid, i)), dest)
-                for i in range(min(args.frames, 1000))
-            ]
-            res["send"][label] = cpu(fn, frames)
+        frames = [wire(i, S.event_body(i, f"{rid}s", S.bench_key(rid, i)), dest) for i in range(args.frames)]
+        res["send"] = cpu_interleaved(send_variants(sender), frames)  # incl. parse: subtract parse_only
         if args.profile:
             prof = cProfile.Profile()
             more = [
