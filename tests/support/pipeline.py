@@ -8,7 +8,9 @@ lives on the suite's Redis under the test's ``prefix``.
 Accounting (:meth:`Pipeline.account`) reads the invalidation feed: an event is *applied* when a feed entry
 carries its ``event_id``; a *duplicate* is a second feed entry for one id (an effect applied twice); an event
 that never reached the listener because no session was subscribed (a topic does not replay) is *resynced*
-when a gap-policy ``invalidate_all`` was applied after it was published; anything else is *lost*.
+when a gap-policy ``invalidate_all`` was applied after it was published; anything else is *lost*, except
+what :func:`popped_and_dropped` proves lost in kombu's Redis BRPOP window, which is reported apart
+(``brpop*``). ``amqp_url`` runs the same pipeline on RabbitMQ instead of the private Redis broker.
 """
 
 from __future__ import annotations
