@@ -45,10 +45,12 @@ from messenger.server import MessengerServer
 from proxysync import constants as C
 
 # Celery settings tried on the same backlog (1 worker), to tell the lead what a change would buy.
-VARIANTS: list[tuple[str, dict[str, str]]] = [
-    ("prefetch4", {"CELERY_WORKER_PREFETCH_MULTIPLIER": "4"}),
-    ("no_events", {"CELERY_SEND_EVENTS": "0"}),
-    ("prefetch4_no_events", {"CELERY_WORKER_PREFETCH_MULTIPLIER": "4", "CELERY_SEND_EVENTS": "0"}),
+# (label, environment, worker pool)
+VARIANTS: list[tuple[str, dict[str, str], str]] = [
+    ("prefetch4", {"CELERY_WORKER_PREFETCH_MULTIPLIER": "4"}, "prefork"),
+    ("no_events", {"CELERY_SEND_EVENTS": "0"}, "prefork"),
+    ("prefetch4_no_events", {"CELERY_WORKER_PREFETCH_MULTIPLIER": "4", "CELERY_SEND_EVENTS": "0"}, "prefork"),
+    ("solo_no_events", {"CELERY_SEND_EVENTS": "0"}, "solo"),
 ]
 
 
@@ -134,7 +136,7 @@ def raw_backlog(url: str, qp: str, n: int, tag: str, task: str, cache: RouteAuth
     t0 = time.monotonic()
     for tid, kw in calls:
         app.send_task(
-            task, kwargs=kw, task_id=tid, queue=queue, exchange=queue, routing_key=queue, ignore_result=True
+            task, kwargs=kw, task_id=tid, queue=queue, exchange="", routing_key=queue, ignore_result=True
         )
     took = wait_backlog(client, queue, n, t0, 60 + n / 20)
     app.close()
@@ -229,13 +231,13 @@ def main() -> int:
                 for w in ws:
                     w.stop(30)
                 res[f"raw_{workers}w"] = {"ingest_s": rawin, "drain_s": rtook}
-            for label, extra in VARIANTS:
+            for label, extra, pool in VARIANTS:
                 raw_backlog(url, qp, n, f"{rid}{label}", C.TASK_DELETE, cache)
-                took, ws = drain(client, env | extra, qp, n, 1, "tasks", url)
+                took, ws = drain(client, env | extra, qp, n, 1, "tasks", url, pool=pool)
                 procs += ws
                 for w in ws:
                     w.stop(30)
-                res.setdefault("variants", {})[label] = {"drain_s": took, "env": extra}
+                res.setdefault("variants", {})[label] = {"drain_s": took, "env": extra, "pool": pool}
             if args.profile:
                 ours_backlog(server, client, cache, dest, qp, n, f"{rid}prof")
                 prof = profile_drain(client, env, qp, n, url)
@@ -276,15 +278,18 @@ def report(res: dict[str, Any], n: int, fed: int, prof: list[str]) -> int:
         )
     base = res["ours_1w"]["drain_s"]
     for label, v in res.get("variants", {}).items():
-        env = " ".join(f"{k}={x}" for k, x in v["env"].items())
+        env = " ".join(f"{k}={x}" for k, x in v["env"].items()) + (
+            "" if v["pool"] == "prefork" else " -P solo"
+        )
         print(
-            f"{'drain, 1 worker, ' + env:<64}{n / v['drain_s']:>8.0f} ev/s  x{base / v['drain_s']:.2f} "
+            f"{'drain, 1 worker, ' + env:<70}{n / v['drain_s']:>8.0f} ev/s  x{base / v['drain_s']:.2f} "
             "vs shipped settings"
         )
         figures[f"variant_{label}"] = {
             "ours_per_s": round(n / v["drain_s"], 1),
             "speedup": round(base / v["drain_s"], 3),
             "env": v["env"],
+            "pool": v["pool"],
         }
     print(
         "baseline: ingest = raw send_task loop with the listener's send-only app; drain = bench.noop tasks, "
