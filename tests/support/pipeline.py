@@ -145,6 +145,7 @@ class Pipeline:
         self.listeners: list[Proc] = []
         self.workers: list[Proc] = []
         self.sent: dict[str, float] = {}  # event_id -> time.time() of the publish
+        self.delivered: set[str] = set()  # the stand-in handed it to at least one subscription
         self._sent_lock = threading.Lock()
 
     # --- lifecycle ---
@@ -292,11 +293,14 @@ class Pipeline:
         with self._sent_lock:
             self.sent[event_id] = time.time()
         try:
-            return self.publish_raw(body)
+            delivered = self.publish_raw(body)
         except Exception:  # the stand-in is down (outage tests): the config manager's publish failed
             with self._sent_lock:
                 del self.sent[event_id]
             return -1
+        if delivered:
+            self.delivered.add(event_id)
+        return delivered
 
     def publish_delete(self, i: int, label: str = "e") -> int:
         return self.publish_event(f"{label}-{self.tag}-{i}", key=self.key(i))
@@ -380,6 +384,10 @@ class Pipeline:
                         missing=sorted(lost)[:50])
         if window and lost and popped_and_dropped(self, lost):
             counts.window, counts.lost = len(lost), 0
+        if resynced:
+            in_flight = sum(1 for i in resynced if i in self.delivered)
+            counts.notes.append(f"resynced: {len(resynced) - in_flight} published while no session was "
+                                f"subscribed, {in_flight} delivered to a session that then died")
         if record:
             RESULTS.append(counts)
         return counts
