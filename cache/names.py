@@ -16,6 +16,7 @@ Everything lives under one prefix (``proxysync`` by default)::
     {p}:inv:k:{key} / inv:ta:{t}#{a} / inv:ts:{t}#{s}   seq of the scope's last invalidation (short TTL)
     {p}:reclaim                     set of old epochs whose space is still to be reclaimed
     {p}:done:{event_id}             idempotency marker of an applied event
+    {p}:seen:{task_id}              a worker started the task (short TTL): the listener confirms delivery
     {p}:feed                        stream: one entry per applied change (the invalidation feed)
     {p}:dead                        stream: dead letters
 """
@@ -63,3 +64,11 @@ def epoch_key(prefix: str) -> str:
 
 def done_key(prefix: str, event_id: str) -> str:
     return f"{prefix}:done:{event_id}"
+
+
+SEEN_TTL_S = 600  # long enough for the listener to confirm a start it asks about seconds later
+
+
+def seen_key(prefix: str, task_id: str) -> str:
+    """Set by a worker when it starts a task; read by the listener to confirm the broker delivered it."""
+    return f"{prefix}:seen:{task_id}"

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from listener.confirm import Confirmations
 from listener.errors import BrokerUnavailable
 from listener.frames import OVERSIZE_HEADER
 from listener.metrics import Metrics
@@ -51,9 +52,17 @@ class Dispatcher:
     """Owns the spool and the sender; ``submit`` is non-blocking and safe from any thread."""
 
     def __init__(
-        self, sender: Sender, spool: Spool, metrics: Metrics, *, broker_retry_s: float = 1.0
+        self,
+        sender: Sender,
+        spool: Spool,
+        metrics: Metrics,
+        *,
+        broker_retry_s: float = 1.0,
+        confirm: Confirmations | None = None,
     ) -> None:
         self.sender, self.spool, self.metrics = sender, spool, metrics
+        self.confirm = confirm
+        self._last_confirm = time.monotonic()
         self.broker_retry_s = broker_retry_s
         self.queue: queue.Queue[Item] = queue.Queue()
         self.broker_ok = True
@@ -95,6 +104,7 @@ class Dispatcher:
     def _run(self) -> None:
         self._replay()
         while True:
+            self._confirm_round()
             try:
                 item = self.queue.get(timeout=self.broker_retry_s)
             except queue.Empty:
@@ -214,7 +224,27 @@ class Dispatcher:
         )
         return False
 
+    def _confirm_round(self) -> None:
+        """About once a second: confirm what workers started, send again what the broker lost."""
+        if self.confirm is None:
+            return
+        now = time.monotonic()
+        if now - self._last_confirm < 1.0:
+            return
+        self._last_confirm = now
+        given_up = self.confirm.given_up
+        for call in self.confirm.due(now):
+            self.metrics.resent.inc()
+            self._deliver(call, f"re-send {call.task_id}", time.time())
+        self.metrics.unconfirmed.inc(self.confirm.given_up - given_up)
+        self.metrics.awaiting.set(len(self.confirm))
+
+    def _track(self, call: TaskCall) -> None:
+        if self.confirm is not None:
+            self.confirm.track(call, time.monotonic())
+
     def _sent(self, call: TaskCall, received_at: float) -> None:
+        self._track(call)
         self.broker_ok = True
         self.metrics.frames_dispatched.labels(task=call.name).inc()
         self.metrics.dispatch_latency.observe(max(0.0, time.time() - received_at))
@@ -242,6 +272,7 @@ class Dispatcher:
                     self.metrics.spool_depth.set(self.spool.depth)
                     return
                 self.spool.remove(seq)
+                self._track(call)
                 replayed += 1
                 self.broker_ok = True
                 self.metrics.frames_dispatched.labels(task=call.name).inc()

@@ -16,6 +16,9 @@ SPOOL_DEPTH: Final = "proxysync_listener_spool_depth"
 GAP_RESYNCS: Final = "proxysync_listener_gap_resyncs"
 AUTH_FAILURES: Final = "proxysync_listener_auth_failures"
 DISPATCH_LATENCY: Final = "proxysync_listener_dispatch_latency_seconds"
+RESENT: Final = "proxysync_listener_resent"
+UNCONFIRMED: Final = "proxysync_listener_unconfirmed"
+AWAITING: Final = "proxysync_listener_awaiting_confirmation"
 
 
 class Metrics:
@@ -45,8 +48,16 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
 
+        self.resent = Counter(
+            RESENT, "Tasks sent again because no worker ever started them (lost by the broker)", registry=r
+        )
+        self.unconfirmed = Counter(
+            UNCONFIRMED, "Tasks given up after repeated sends that no worker started", registry=r
+        )
+        self.awaiting = Gauge(AWAITING, "Tasks sent and not yet seen started by a worker", registry=r)
+
     def value(self, name: str, **labels: str) -> float:
         """A sample's current value (0 when absent): for tests and ``proxysync status``."""
-        suffix = "" if name in (CONNECTED, SPOOL_DEPTH) else "_total"
+        suffix = "" if name in (CONNECTED, SPOOL_DEPTH, AWAITING) else "_total"
         got = self.registry.get_sample_value(name + suffix, labels or None)
         return float(got or 0.0)

@@ -16,9 +16,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
 
+import redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from listener.auth import token_source
+from listener.confirm import Confirmations
 from listener.dispatch import Dispatcher
 from listener.metrics import Metrics
 from listener.sender import CelerySender
@@ -46,7 +48,15 @@ class Listener:
         self.tokens = token_source(settings)
         self.spool = Spool(settings.spool_path, max_items=spool_max)
         self.sender = CelerySender(settings.broker_url)
-        self.dispatcher = Dispatcher(self.sender, self.spool, self.metrics, broker_retry_s=broker_retry_s)
+        self.confirm_redis = _confirm_redis(settings)
+        confirm = None
+        if self.confirm_redis is not None:
+            confirm = Confirmations(
+                self.confirm_redis, prefix=settings.cache_prefix, grace=settings.confirm_after_s
+            )
+        self.dispatcher = Dispatcher(
+            self.sender, self.spool, self.metrics, broker_retry_s=broker_retry_s, confirm=confirm
+        )
         self.supervisor = Supervisor(settings, self.tokens, self.dispatcher, self.metrics, stable_s=stable_s)
         self.http: ThreadingHTTPServer | None = None
         self.started_at = time.time()
@@ -96,8 +106,20 @@ class Listener:
         if drained:
             self.spool.close()
         self.sender.close()
+        if self.confirm_redis is not None:
+            self.confirm_redis.close()
         log.info("[WS-Client] listener stopped (%s)", "drained" if drained else "drain timed out")
         return drained
+
+
+def _confirm_redis(settings: ListenerSettings) -> redis.Redis | None:
+    """The cache Redis client for delivery confirmation (short timeouts: it must never stall dispatch)."""
+    if settings.confirm_after_s <= 0:
+        log.info("[WS-Client] delivery confirmation off (LISTENER_CONFIRM_AFTER=0)")
+        return None
+    return redis.Redis.from_url(
+        settings.cache_url, socket_timeout=0.5, socket_connect_timeout=0.5, health_check_interval=30
+    )
 
 
 def _serve_http(listener: Listener, port: int) -> ThreadingHTTPServer:

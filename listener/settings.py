@@ -24,6 +24,7 @@ from pydantic import Field, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from cache.names import DEFAULT_PREFIX
 from listener.errors import ConfigError
 from proxysync import constants as C
 
@@ -113,7 +114,11 @@ class ListenerSettings(BaseSettings):
     gap_policy: GapPolicy = Field("resync", alias="WEBSOCKET_CLIENT_GAP_POLICY")
     spool_path: Path = Field(Path("listener-spool.sqlite3"), alias="LISTENER_SPOOL_PATH")
     http_port: int = Field(8081, ge=0, le=65535, alias="LISTENER_HTTP_PORT")
-    broker_url: str = Field("redis://localhost:6379/0", alias="CELERY_BROKER_URL")
+    broker_url: str = Field(C.DEFAULT_REDIS_URL, alias="CELERY_BROKER_URL")
+    # Delivery confirmation (listener/confirm.py): where workers mark the tasks they started; 0 s = off.
+    cache_redis_url: str | None = Field(None, alias="CACHE_REDIS_URL")
+    cache_prefix: str = Field(DEFAULT_PREFIX, alias="CACHE_PREFIX")
+    confirm_after_s: float = Field(10.0, ge=0, alias="LISTENER_CONFIRM_AFTER")
     log_format: Literal["text", "json"] = Field("text", alias="LOG_FORMAT")
 
     @classmethod
@@ -138,6 +143,10 @@ class ListenerSettings(BaseSettings):
     @property
     def destination(self) -> str:
         return C.topic_destination(self.topic)
+
+    @property
+    def cache_url(self) -> str:
+        return C.cache_url(self.cache_redis_url, self.broker_url)
 
     @property
     def uses_iam(self) -> bool:

@@ -28,6 +28,19 @@ def queue_name(suffix: str, prefix: str | None = None) -> str:
     return f"{prefix or os.environ.get(QUEUE_PREFIX_ENV) or DEFAULT_QUEUE_PREFIX}.{suffix}"
 
 
+# Redis: the default broker, and the cache's default location (the broker's Redis when the broker is Redis).
+DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
+
+
+def cache_url(cache_redis_url: str | None, broker_url: str) -> str:
+    """CACHE_REDIS_URL, else the broker's Redis, else the local default: one rule for every process."""
+    if cache_redis_url:
+        return cache_redis_url
+    if broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return broker_url
+    return DEFAULT_REDIS_URL
+
+
 # Messenger defaults.
 DEFAULT_TOPIC: Final = "proxy_config_events"
 DEFAULT_ENDPOINT: Final = "/messenger/websocket"

@@ -180,8 +180,7 @@ class Stack:
         else:
             self.out(f"  broker     {redact(broker)}  (not Redis: used as given)")
         # As the worker does: CACHE_REDIS_URL, else the broker's Redis, else the local default.
-        cache_url = s.cache_redis_url or (
-            broker if broker.startswith(("redis://", "rediss://")) else "redis://localhost:6379/0")
+        cache_url = C.cache_url(s.cache_redis_url, broker)
         if not redis_answers(cache_url):
             if self.redis is None:
                 self.redis = RedisServer().start()

@@ -42,11 +42,7 @@ class StatusSettings(BaseSettings):
     celery_broker_keyprefix: str = ""  # the Redis transport's global_keyprefix (celeryconfig)
 
     def cache_url(self) -> str:
-        if self.cache_redis_url:
-            return self.cache_redis_url
-        if self.celery_broker_url.startswith(("redis://", "rediss://", "unix://")):
-            return self.celery_broker_url
-        return "redis://localhost:6379/0"
+        return C.cache_url(self.cache_redis_url, self.celery_broker_url)
 
     def queues(self) -> list[str]:
         return [C.queue_name(s, self.proxysync_queue_prefix) for s in (C.QUEUE_INVALIDATIONS, C.QUEUE_ROUTES)]

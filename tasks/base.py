@@ -24,7 +24,7 @@ from celery import Task
 
 from cache import Applied, Op
 from cache.errors import CacheError
-from cache.names import F_EVENT_TIME
+from cache.names import F_EVENT_TIME, SEEN_TTL_S, seen_key
 from cache.store import redis_errors
 from tasks import deadletter
 from tasks.errors import TRANSIENT, BadArgumentsError
@@ -87,6 +87,8 @@ class ProxysyncTask(Task):  # type: ignore[misc]
             pipe = rt.redis.pipeline()
             pipe.incr(key)
             pipe.expire(key, DELIVERIES_TTL_S)
+            # "a worker started it": the listener's delivery confirmation (see listener/confirm.py)
+            pipe.set(seen_key(rt.prefix, str(req.id)), 1, ex=SEEN_TTL_S)
             n = int(pipe.execute()[0])
         try:
             poison = n > rt.settings.task_max_deliveries

@@ -13,8 +13,9 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cache.names import DEFAULT_PREFIX
+from proxysync import constants as C
 
-DEFAULT_BROKER_URL = "redis://localhost:6379/0"
+DEFAULT_BROKER_URL = C.DEFAULT_REDIS_URL
 
 
 class WorkerSettings(BaseSettings):
@@ -41,11 +42,7 @@ class WorkerSettings(BaseSettings):
 
     def cache_url(self) -> str:
         """CACHE_REDIS_URL, else the broker's Redis, else the local default."""
-        if self.cache_redis_url:
-            return self.cache_redis_url
-        if self.celery_broker_url.startswith(("redis://", "rediss://", "unix://")):
-            return self.celery_broker_url
-        return DEFAULT_BROKER_URL
+        return C.cache_url(self.cache_redis_url, self.celery_broker_url)
 
     def dead_spool(self) -> Path:
         if self.worker_dead_spool:

@@ -3,8 +3,9 @@
 Each test builds its own :class:`tests.support.pipeline.Pipeline` (private broker Redis, Messenger stand-in,
 listener and worker subprocesses) and records one row per fault: sent, applied, duplicates (an effect applied
 twice), redelivered (a second delivery the worker recognised and skipped), resynced (missed while nobody was
-subscribed, covered by a later gap resync), brpop* (lost in kombu's Redis-transport window, proven by
-evidence, reported apart) and lost (anything else; must be 0). The rows go to the terminal summary, so CI
+subscribed, covered by a later gap resync), brpop* (taken off the broker by kombu's Redis-transport window and
+still missing at the end: the listener's delivery confirmation re-sends those, so it must stay 0) and lost
+(anything else; must be 0). The rows go to the terminal summary, so CI
 output shows them without ``-s``.
 """
 

@@ -3,9 +3,9 @@
 Two workers consume; one loses a pool child mid-stream (Celery's ``task_reject_on_worker_lost`` puts that
 message back), then is killed as a whole and a replacement starts. On Redis its reserved messages come back
 after the visibility timeout (8 s here) at the next restore sweep; on RabbitMQ at once, when its connection
-dies. Every event must be applied, none twice. Run on both brokers: the Redis run may show an event in the
-``brpop*`` column (kombu's BRPOP window, see :func:`tests.support.pipeline.popped_and_dropped`); the
-RabbitMQ run has no such window.
+dies. Every event must be applied, none twice. Run on both brokers: on Redis a kill can land in kombu's BRPOP
+window (:func:`tests.support.pipeline.popped_and_dropped`); the listener's delivery confirmation sends such an
+event again, so it is applied all the same. RabbitMQ has no such window.
 """
 
 from __future__ import annotations
