@@ -8,7 +8,8 @@ Method (one process, one thread, a private redis-server as the broker):
   ``time.thread_time_ns()`` (CPU of this thread only; waiting on the broker's reply costs nothing):
   ``proxysync.sockjs.decode_server_frame`` -> ``stomp.utils.parse_frame`` (what stomp.py's receiver runs) ->
   ``listener.dispatch.Item`` -> ``Dispatcher._handle`` (``parse_event`` + ``task_call`` +
-  ``CelerySender.send`` with the shipped ``celeryconfig`` + metrics + the INFO log line, written to
+  the shipped sender (``listener.sender.make_sender``: one LPUSH for a Redis broker) + metrics + the INFO log
+  line, written to
   /dev/null by the listener's own log handler) + the ACK frame encoded for SockJS. Socket reads
   (websocket-client) are not in it: see ``python -m listener.measure`` for the 3 MB receive itself.
 * Small frames: CACHE_DELETE_INVALID (~250 B body). 3 MB frames: the same event with a padding field so the
@@ -48,7 +49,7 @@ from stomp.utils import parse_frame
 from listener.dispatch import Dispatcher, Item
 from listener.logs import setup_logging
 from listener.metrics import Metrics
-from listener.sender import CelerySender
+from listener.sender import CelerySender, make_sender
 from listener.spool import Spool
 from messenger.frames import encode_frame
 from proxysync import constants as C
@@ -136,10 +137,9 @@ def parse_only() -> Callable[[str], None]:
     return one
 
 
-def send_variants(sender: CelerySender) -> dict[str, Callable[[str], None]]:
-    """The send alone: as shipped, as before 267eb49 (named exchange), and a what-if (no task-sent event,
-    i.e. ``task_send_sent_event`` off in ``listener/sender.build_app``); same app otherwise. Interleaved
-    round-robin so machine noise hits all three alike."""
+def send_variants(shipped: Any, sender: CelerySender) -> dict[str, Callable[[str], None]]:
+    """The send alone: as shipped (Redis fast path), Celery's send_task as the listener used it before, and
+    as before 267eb49 (named exchange, task-sent event). Interleaved round-robin: noise hits all alike."""
     from proxysync.events import parse_event, task_call
 
     def call_of(text: str) -> Any:
@@ -159,12 +159,12 @@ def send_variants(sender: CelerySender) -> dict[str, Callable[[str], None]]:
             routing_key=q,
             ignore_result=True,
         )
-        sender.app.conf.task_send_sent_event = True
+        sender.app.conf.task_send_sent_event = False  # as listener/sender.build_app configures it
 
     return {
-        "send as shipped (CelerySender.send)": lambda t: sender.send(call_of(t)),
-        "send via named exchange (pre-267eb49)": lambda t: send(t, None, True),
-        "what-if: + no task-sent event": lambda t: send(t, "", False),
+        "send as shipped (LPUSH fast path)": lambda t: shipped.send(call_of(t)),
+        "before: CelerySender.send (send_task)": lambda t: sender.send(call_of(t)),
+        "before 267eb49: named exchange + sent event": lambda t: send(t, None, True),
     }
 
 
@@ -209,8 +209,9 @@ def main() -> int:
     prof_lines: list[str] = []
     with S.private_redis() as rs, tempfile.TemporaryDirectory() as tmp:
         os.environ[C.QUEUE_PREFIX_ENV] = f"bench-cost-{rid}"
+        shipped = make_sender(rs.url)
         sender = CelerySender(rs.url)
-        dispatcher = Dispatcher(sender, Spool(Path(tmp) / "spool.sqlite3"), Metrics())
+        dispatcher = Dispatcher(shipped, Spool(Path(tmp) / "spool.sqlite3"), Metrics())
         go, (base, app) = ours(dispatcher), floor(rs.url)
         warm = [wire(i, S.event_body(i, f"{rid}w", S.bench_key(rid, i)), dest) for i in range(300)]
         small = [wire(i, S.event_body(i, rid, S.bench_key(rid, i)), dest) for i in range(args.frames)]
@@ -225,7 +226,8 @@ def main() -> int:
         res["rss_small_mb"] = rss_mb()
         res["parse_only"] = cpu(parse_only(), small)
         frames = [wire(i, S.event_body(i, f"{rid}s", S.bench_key(rid, i)), dest) for i in range(args.frames)]
-        res["send"] = cpu_interleaved(send_variants(sender), frames)  # incl. parse: subtract parse_only
+        # incl. parse: subtract parse_only
+        res["send"] = cpu_interleaved(send_variants(shipped, sender), frames)
         if args.profile:
             prof = cProfile.Profile()
             more = [
@@ -246,6 +248,7 @@ def main() -> int:
         res["rss_big_mb"] = rss_mb()
         res["rss_start_mb"] = rss0
         sender.close()
+        shipped.close()
         app.close()
     devnull.close()
     return report(res, args, prof_lines)

@@ -18,6 +18,7 @@ from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
 from listener.errors import BrokerUnavailable
+from listener.redis_publish import RedisSender
 from proxysync import constants as C
 from proxysync.events import TaskCall
 
@@ -62,8 +63,25 @@ def build_app(broker_url: str) -> Celery:
         broker_connection_timeout=2.0,
         broker_connection_retry=False,
         task_ignore_result=True,
+        # Flower learns of a task from the workers' received/started/succeeded events; a "task-sent" event per
+        # frame would double the listener's publish cost (bench/listener_cost.py).
+        task_send_sent_event=False,
     )
     return app
+
+
+def make_sender(broker_url: str) -> CelerySender | RedisSender:
+    """The sender for this broker: a plain LPUSH for Redis (listener/redis_publish.py), ``send_task`` else."""
+    if broker_url.startswith(("redis://", "rediss://", "unix://")):
+        keyprefix = ""
+        try:
+            config = importlib.import_module("celeryconfig")
+        except ImportError:
+            config = None
+        if config is not None and callable(getattr(config, "transport_options", None)):
+            keyprefix = str(config.transport_options(broker_url).get("global_keyprefix") or "")
+        return RedisSender(broker_url, keyprefix=keyprefix)
+    return CelerySender(broker_url)
 
 
 class CelerySender:

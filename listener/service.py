@@ -23,7 +23,7 @@ from listener.auth import token_source
 from listener.confirm import Confirmations
 from listener.dispatch import Dispatcher
 from listener.metrics import Metrics
-from listener.sender import CelerySender
+from listener.sender import make_sender
 from listener.settings import ListenerSettings
 from listener.spool import Spool
 from listener.states import State
@@ -47,7 +47,7 @@ class Listener:
         self.metrics = Metrics()
         self.tokens = token_source(settings)
         self.spool = Spool(settings.spool_path, max_items=spool_max)
-        self.sender = CelerySender(settings.broker_url)
+        self.sender = make_sender(settings.broker_url)
         self.confirm_redis = _confirm_redis(settings)
         confirm = None
         if self.confirm_redis is not None:
