@@ -246,6 +246,7 @@ class Supervisor:
             idle_s=s.heartbeat_ms / 1000,
             connect_timeout_s=self.connect_timeout_s,
         )
+        transport.on_unknown_frame = self._unknown_frame
         conn = MessengerConnection(transport, heartbeats=(s.heartbeat_ms, s.heartbeat_ms))
         session = Session(conn, transport, self.dispatcher)
         conn.set_listener("proxysync", session)
@@ -266,6 +267,13 @@ class Supervisor:
         if session.error and looks_like_auth_error(session.error):
             raise AuthError(f"STOMP ERROR: {session.error}")
         raise ConnectError(session.reason() if session.ended.is_set() else "no CONNECTED frame in time")
+
+    def _unknown_frame(self, command: str) -> None:
+        """A frame no STOMP server sends (called on stomp.py's receiver thread): refused, counted, logged."""
+        self.metrics.frames_rejected.labels(reason="bad_frame").inc()
+        log.warning(
+            "[WS-Client] rejected frame (bad_frame): %r is no STOMP server command; ignored", command[:40]
+        )
 
     def _subscribe(self, session: Session) -> None:
         self.subscriptions += 1

@@ -21,6 +21,7 @@ import ssl
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from time import monotonic
 from typing import Any
@@ -162,6 +163,16 @@ class MessengerTransport(BaseTransport):  # type: ignore[misc]
         self.drop_reason: str | None = None
         self.oversize = 0
         self.frames: BoundedFrameBuffer | None = None
+        self.on_unknown_frame: Callable[[str], None] | None = None
+
+    # STOMP 1.2 section "Server Frames": all a server may send (stomp.py's heart-beat pseudo-frame besides).
+    _SERVER_FRAMES = frozenset({"connected", "message", "receipt", "error", "heartbeat"})
+
+    def process_frame(self, f: Any, frame_str: bytes) -> None:
+        """stomp.py only logs a frame whose command no server sends; it is a refused frame here (counted)."""
+        if str(f.cmd).lower() not in self._SERVER_FRAMES and self.on_unknown_frame is not None:
+            self.on_unknown_frame(str(f.cmd))
+        super().process_frame(f, frame_str)
 
     # --- connection ---
 
