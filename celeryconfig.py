@@ -9,8 +9,10 @@ are read once, when this module is first imported. Why each non-default value:
   and one whose worker process died (``kill -9``, OOM) goes back to the queue. Tasks are idempotent
   (``event_id``), so a second delivery is harmless; a message that keeps killing workers is dead-lettered (see
   ``tasks.base``).
-* ``worker_prefetch_multiplier`` 1: tasks are short; a worker must not hoard messages another worker could run
-  now.
+* ``worker_prefetch_multiplier`` 4: tasks take a few milliseconds, so fetching them one round trip at a time
+  halves a worker's rate (bench/throughput.py, variant ``prefetch4``); 4 per process hoards little, and what a
+  dead worker had reserved comes back after the visibility timeout — or sooner, re-sent by the listener's
+  delivery confirmation (listener/confirm.py).
 * ``task_ignore_result`` unless ``CELERY_RESULT_BACKEND`` is set: the listener never waits for results, and a
   Redis result backend whose server is gone makes ``send_task`` block for ~19 s.
 * Redis ``visibility_timeout`` (default 120 s) must exceed the longest time a reserved message can stay
@@ -97,7 +99,7 @@ task_reject_on_worker_lost = True
 task_acks_on_failure = True
 task_acks_on_timeout = True
 task_time_limit = int(_env("CELERY_TASK_TIME_LIMIT", "60"))
-worker_prefetch_multiplier = int(_env("CELERY_WORKER_PREFETCH_MULTIPLIER", "1"))
+worker_prefetch_multiplier = int(_env("CELERY_WORKER_PREFETCH_MULTIPLIER", "4"))
 worker_cancel_long_running_tasks_on_connection_loss = True
 worker_concurrency = int(os.environ["CELERY_WORKER_CONCURRENCY"]) if os.environ.get(
     "CELERY_WORKER_CONCURRENCY") else None

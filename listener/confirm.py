@@ -12,7 +12,9 @@ listener closes the window end to end:
   per batch;
 * queues are FIFO, so a task still unstarted when a task sent *after* it on the same queue has started was
   overtaken: after ``grace`` seconds it is sent again with the same task id. With nothing sent after it, it
-  is sent again once ``idle_after`` seconds passed. Re-sending is safe: the event id makes tasks idempotent.
+  is sent again once ``idle_after`` seconds passed *and* the broker says its queue is empty (a Redis broker:
+  ``queue_depth``; without that evidence, as on AMQP, which has no such window, it waits to be overtaken).
+  Re-sending is safe: the event id makes tasks idempotent.
 
 While a backlog drains, nothing behind the oldest unstarted tasks has started either, so each round looks at
 most ``scan_limit`` unconfirmed tasks per queue: the cost stays bounded however deep the backlog is. A task
@@ -24,6 +26,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,6 +69,7 @@ class Confirmations:
         max_attempts: int = 5,
         max_tracked: int = 200_000,
         scan_limit: int = 500,
+        queue_depth: Callable[[str], int | None] | None = None,
     ) -> None:
         self.redis = redis_client
         self.prefix = prefix
@@ -75,6 +79,7 @@ class Confirmations:
         self.max_attempts = max_attempts
         self.max_tracked = max_tracked
         self.scan_limit = scan_limit
+        self.queue_depth = queue_depth  # messages waiting in a queue (by suffix), None when unknown
         self._pending: OrderedDict[str, Pending] = OrderedDict()
         self._seq = itertools.count(1)
         self._newest_started: dict[str, int] = {}  # queue -> seq of the newest task seen started
@@ -155,7 +160,9 @@ class Confirmations:
             if p.overtaken_at is None:
                 p.overtaken_at = now
             return now - p.overtaken_at >= self.grace
-        return now - p.sent_at >= self.idle_after
+        if now - p.sent_at < self.idle_after or self.queue_depth is None:
+            return False
+        return self.queue_depth(p.call.queue) == 0  # not waiting in its queue, never started: lost
 
     def _retry(self, p: Pending) -> TaskCall | None:
         del self._pending[p.call.task_id]  # tracked again once the broker (or the spool, then it) takes it

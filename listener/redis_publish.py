@@ -80,6 +80,14 @@ class RedisSender:
             except RedisError as exc:
                 raise BrokerUnavailable(f"{type(exc).__name__}: {exc}") from first
 
+    def queue_depth(self, suffix: str) -> int | None:
+        """Messages waiting in a queue (delivery confirmation); ``None`` when the broker does not answer."""
+        try:
+            depth: int = self.client.llen(self.keyprefix + C.queue_name(suffix))  # type: ignore[assignment]
+            return depth
+        except RedisError:
+            return None
+
     def reachable(self, timeout_s: float = 1.0) -> bool:
         try:
             return bool(self.client.ping())

@@ -52,7 +52,10 @@ class Listener:
         confirm = None
         if self.confirm_redis is not None:
             confirm = Confirmations(
-                self.confirm_redis, prefix=settings.cache_prefix, grace=settings.confirm_after_s
+                self.confirm_redis,
+                prefix=settings.cache_prefix,
+                grace=settings.confirm_after_s,
+                queue_depth=getattr(self.sender, "queue_depth", None),
             )
         self.dispatcher = Dispatcher(
             self.sender, self.spool, self.metrics, broker_retry_s=broker_retry_s, confirm=confirm

@@ -78,7 +78,8 @@ def test_other_queues_do_not_overtake(redis_client: redis.Redis, prefix: str) ->
 def test_the_last_task_is_resent_once_idle_and_given_up_after_max_attempts(
         redis_client: redis.Redis, prefix: str) -> None:
     # Given one task that no worker ever starts
-    c = Confirmations(redis_client, prefix=prefix, grace=1.0, idle_after=3.0, min_age=0.5, max_attempts=3)
+    c = Confirmations(redis_client, prefix=prefix, grace=1.0, idle_after=3.0, min_age=0.5, max_attempts=3,
+                      queue_depth=lambda q: 0)
     c.track(call(7), now=0.0)
     now = 0.0
     sends = 1
@@ -91,6 +92,28 @@ def test_the_last_task_is_resent_once_idle_and_given_up_after_max_attempts(
     # Then it was sent max_attempts times in all, then given up (loudly) and forgotten
     assert sends == 3
     assert c.given_up == 1 and len(c) == 0
+
+
+def test_a_last_task_still_waiting_in_its_queue_is_not_resent(redis_client: redis.Redis, prefix: str) -> None:
+    # Given the last task sent, unstarted long past the idle limit, but its queue still holds messages
+    depth = {"invalidations": 2000}
+    c = Confirmations(redis_client, prefix=prefix, grace=1.0, idle_after=3.0, min_age=0.5,
+                      queue_depth=depth.get)
+    c.track(call(1), now=0.0)
+    # Then it is not resent: it is waiting, not lost
+    assert c.due(now=100.0) == []
+    # And once the queue is empty and it still never started, it is
+    depth["invalidations"] = 0
+    assert [x.task_id for x in c.due(now=101.0)] == ["ev-1"]
+
+
+def test_without_queue_evidence_a_last_task_waits_to_be_overtaken(
+        redis_client: redis.Redis, prefix: str) -> None:
+    # Given a broker that cannot say what waits (AMQP: no BRPOP window there anyway)
+    c = Confirmations(redis_client, prefix=prefix, grace=1.0, idle_after=3.0, min_age=0.5, queue_depth=None)
+    c.track(call(1), now=0.0)
+    # Then a last unstarted task is never resent on idleness alone
+    assert c.due(now=1000.0) == []
 
 
 def test_cache_redis_away_pauses_confirmation_without_resending(prefix: str) -> None:

@@ -39,7 +39,7 @@ def test_celery_settings_json_only_acks_late_small_prefetch() -> None:
     assert conf.accept_content == ["json"] and conf.task_serializer == "json"
     assert conf.result_accept_content == ["json"] and conf.event_serializer == "json"
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
-    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_prefetch_multiplier == 4  # short tasks: a few reserved per process, not one
     assert conf.broker_connection_retry_on_startup
     assert conf.worker_send_task_events and conf.task_send_sent_event
     assert conf.task_ignore_result is (conf.result_backend is None)
