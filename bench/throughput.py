@@ -8,7 +8,7 @@ Method (one run; a private redis-server is broker and cache; unique queue/cache 
   time = first publish -> the queue holds N tasks (LLEN polled every 10 ms). Baseline: N raw ``send_task``
   calls of the same task name and kwargs from one Python loop, with the listener's own send-only app
   (``listener.sender``).
-* drain: then ``celery -A tasks worker -c 1 -E`` (prefork, shipped ``celeryconfig``: acks_late, prefetch 1) is
+* drain: then ``celery -A tasks worker -c 1 -E`` (prefork, shipped ``celeryconfig``: acks_late, prefetch 4) is
   started; drain time = the first message leaves the queue -> queue empty and nothing unacked (worker start-up
   excluded). Again with two such workers on a fresh backlog. Baseline: the same backlog of ``bench.noop``
   tasks (same kwargs, same ack policy, same settings; ``bench/_support.py:noop_app``) drained the same way.
@@ -253,7 +253,7 @@ def main() -> int:
 def report(res: dict[str, Any], n: int, fed: int, prof: list[str]) -> int:
     print(
         f"throughput: backlog of {n} CACHE_DELETE_INVALID events; private redis-server as broker and cache; "
-        "workers -c 1 prefork -E, shipped celeryconfig (acks_late, prefetch 1)"
+        "workers -c 1 prefork -E, shipped celeryconfig (acks_late, prefetch 4)"
     )
     print(f"{'stage':<44}{'ours ev/s':>10}{'raw ev/s':>10}{'ratio':>7}{'ours s':>9}{'raw s':>8}")
     figures: dict[str, Any] = {}
