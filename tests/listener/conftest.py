@@ -11,7 +11,6 @@ import json
 import shutil
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,21 +24,12 @@ from listener.service import Listener
 from listener.settings import load_settings
 from proxysync import constants as C
 from tests.conftest import unavailable
+from tests.support.waiting import wait_for  # noqa: F401 - re-exported for the tests here
 
 WEB_STOMP = ("127.0.0.1", 15674)
 STOMP = ("127.0.0.1", 61613)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    """Poll until ``predicate()`` is truthy (and return it), else fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def port_open(host: str, port: int) -> bool:

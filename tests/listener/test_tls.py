@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import ssl
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,43 +11,14 @@ import pytest
 from listener.service import Listener
 from messenger.server import MessengerServer
 from proxysync import constants as C
-from tests.conftest import unavailable
 from tests.listener.conftest import BrokerQueues, event, subscribed, wait_for
+from tests.support.tls import self_signed
 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1; cert.pem doubles as the CA bundle that trusts it."""
-    if shutil.which("openssl") is None:
-        unavailable("openssl is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("listener-tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
+    return self_signed(tmp_path_factory.mktemp("listener-tls"))
 
 
 @pytest.fixture

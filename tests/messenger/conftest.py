@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,18 +10,7 @@ import pytest
 import stomp
 
 from messenger.server import MessengerServer
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll until ``predicate()`` is truthy (returns it) or fail after ``timeout`` s: no fixed sleeps."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.02)
+from tests.support.waiting import wait_for  # noqa: F401 - re-exported for the tests here
 
 
 class Collector(stomp.ConnectionListener):  # type: ignore[misc]
@@ -92,38 +80,7 @@ def stomp_clients() -> Iterator[Callable[..., tuple[stomp.WSStompConnection, Col
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 (cert.pem doubles as the CA bundle that trusts it)."""
-    import shutil
-    import subprocess
+    from tests.support.tls import self_signed
 
-    from tests.conftest import unavailable
-
-    if shutil.which("openssl") is None:
-        unavailable("openssl is needed to make a test certificate")
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    cert, key = self_signed(tmp_path_factory.mktemp("tls"))
     return str(cert), str(key)

@@ -30,6 +30,7 @@ from proxysync.redis_server import RedisServer
 from tasks.factory import create_app
 from tasks.settings import WorkerSettings
 from tests.conftest import unavailable
+from tests.support.waiting import wait_for
 
 AMQP_URL = os.environ.get("PROXYSYNC_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 SESSION = uuid.uuid4().hex[:10]
@@ -39,14 +40,7 @@ TEST_POLICY = {"task_max_retries": 3, "task_retry_backoff": 1, "task_retry_backo
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
     """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    return wait_for(predicate, timeout, what, interval=0.05)
 
 
 def amqp_answers(url: str) -> bool:
