@@ -8,8 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from proxysync.redis_server import RedisServer, redis_answers
+
+# Fuzz properties, not timings: no per-example deadline on a shared 2-core machine.
+hypothesis_settings.register_profile("proxysync", deadline=None, print_blob=True)
+hypothesis_settings.load_profile("proxysync")
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 MACHINE_REDIS = os.environ.get("PROXYSYNC_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
