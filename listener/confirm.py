@@ -100,10 +100,12 @@ class Confirmations:
         if len(self._pending) > self.max_tracked:
             _, dropped = self._pending.popitem(last=False)
             self.untracked += 1
-            log.warning(
-                "[WS-Client] %d tasks await confirmation: no longer tracking %s (sent %d time(s))",
-                len(self._pending), dropped.call.task_id, dropped.attempts,
-            )
+            if self.untracked & (self.untracked - 1) == 0:  # 1st, 2nd, 4th, 8th...: loud, never a flood
+                log.warning(
+                    "[WS-Client] %d tasks await confirmation (workers or the cache Redis away?): no longer "
+                    "tracking the oldest, %s; %d untracked so far",
+                    len(self._pending), dropped.call.task_id, self.untracked,
+                )
 
     def due(self, now: float) -> list[TaskCall]:
         """Confirm what workers started; return the tasks to send again (their attempt counted)."""

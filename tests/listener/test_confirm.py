@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import redis
 
 from cache.names import done_key, seen_key
@@ -114,6 +115,19 @@ def test_without_queue_evidence_a_last_task_waits_to_be_overtaken(
     c.track(call(1), now=0.0)
     # Then a last unstarted task is never resent on idleness alone
     assert c.due(now=1000.0) == []
+
+
+def test_the_ledger_is_bounded_and_says_so_without_flooding(
+        redis_client: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    # Given a ledger bounded at 10 tasks
+    c = Confirmations(redis_client, prefix=prefix, max_tracked=10)
+    # When 1000 tasks are sent that nobody confirms
+    for i in range(1000):
+        c.track(call(i), now=0.0)
+    # Then it keeps the newest 10, and said so a handful of times, not 990
+    assert len(c) == 10 and c.untracked == 990
+    lines = [r for r in caplog.records if "await confirmation" in r.getMessage()]
+    assert 1 <= len(lines) <= 10
 
 
 def test_cache_redis_away_pauses_confirmation_without_resending(prefix: str) -> None:
