@@ -14,7 +14,7 @@ from celery import Celery
 from celery.signals import task_rejected, task_unknown, worker_init, worker_process_shutdown, worker_shutdown
 
 import celeryconfig
-from tasks import deadletter
+from tasks import deadletter, kombu_guard
 from tasks.base import ProxysyncTask, policy
 from tasks.invalidations import TASKS
 from tasks.metrics import MetricsServer, child_exited, metrics
@@ -28,6 +28,7 @@ def create_app(settings: WorkerSettings | None = None, *, queue_prefix: str | No
                **conf: Any) -> Celery:
     """A Celery app with every proxysync task registered on one policy-carrying base class."""
     settings = settings or WorkerSettings()
+    kombu_guard.install()
     app = Celery("proxysync", set_as_current=False)
     app.config_from_object(celeryconfig)
     if queue_prefix is not None:
