@@ -84,7 +84,7 @@ class ProxysyncTask(Task):  # type: ignore[misc]
         req = self.request
         key = deliveries_key(rt.prefix, str(req.id), int(req.retries or 0))
         with redis_errors("count delivery"):
-            pipe = rt.redis.pipeline()
+            pipe = rt.redis.pipeline(transaction=False)  # one round trip; MULTI/EXEC buys nothing here
             pipe.incr(key)
             pipe.expire(key, DELIVERIES_TTL_S)
             # "a worker started it": the listener's delivery confirmation (see listener/confirm.py)
