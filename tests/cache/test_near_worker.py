@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from tests.cache.test_near_gateways import (
     settle,
 )
 from tests.cache.test_near_helpers import wait_until
+from tests.support.processes import stop_group
 
 BIN = Path(sys.executable).parent
 
@@ -94,12 +94,7 @@ def e2e(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2
     finally:
         for gw in gateways:
             gw.stop()
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(5)
+        stop_group(worker)
         for pattern in (f"{prefix}:*", f"{keyprefix}*"):
             keys = list(client.scan_iter(match=pattern, count=1000))
             if keys:

@@ -6,7 +6,6 @@ Everything is private to the test: queue prefix, cache prefix, topic. The worker
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from listener.service import Listener
 from messenger.server import MessengerServer
 from proxysync import constants as C
 from tests.listener.conftest import event, subscribed, wait_for
+from tests.support.processes import stop_group
 
 BIN = Path(sys.executable).parent
 
@@ -65,12 +65,7 @@ def worker(redis_url: str, queue_prefix: str, prefix: str, tmp_path: Path) -> It
         assert proc.poll() is None, log.read_text()[-3000:] if log.exists() else "worker exited"
         yield log
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc)
 
 
 @pytest.mark.slow

@@ -15,7 +15,6 @@ what :func:`popped_and_dropped` proves lost in kombu's Redis BRPOP window, which
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -39,6 +38,7 @@ from messenger.server import MessengerServer
 from proxysync import constants as C
 from proxysync.redis_server import RedisServer, free_port
 from tests.listener.conftest import event, wait_for
+from tests.support.processes import stop_group
 from tests.tasks.conftest import TEST_POLICY, Broker, _clean_broker
 
 BIN = Path(sys.executable).parent
@@ -85,16 +85,7 @@ class Proc:
         self.popen.wait(10)
 
     def stop(self, timeout: float = 15.0) -> None:
-        if not self.alive():
-            return
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill9()
-        # a prefork worker's children die with it; make sure nothing of the group is left
-        with contextlib.suppress(OSError):
-            os.killpg(self.pid, signal.SIGKILL)
+        stop_group(self.popen, timeout)
 
 
 @dataclass

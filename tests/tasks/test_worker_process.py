@@ -28,6 +28,7 @@ from proxysync.redis_server import RedisServer, free_port
 from tasks.base import deliveries_key
 from tasks.factory import create_app
 from tasks.settings import WorkerSettings
+from tests.support.processes import stop_group
 from tests.tasks.conftest import SESSION, TEST_POLICY, Broker, wait_until
 
 BIN = Path(sys.executable).parent
@@ -102,12 +103,7 @@ def proc_worker(broker: Broker, cache_server: RedisServer, tmp_path_factory: pyt
         assert proc.poll() is None, w.log_text()[-3000:]
         yield w
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+        stop_group(proc)
         client.close()
         if not broker.keyprefix:
             from kombu import Connection
